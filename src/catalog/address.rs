@@ -1,0 +1,222 @@
+//! Where to send a container's traffic: which port, which network, which IP. Every "no" comes
+//! back as the reason a user reads, because picking a wrong network or port silently is the
+//! failure hawser exists to avoid.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::container::Container;
+use crate::config::AddressMode;
+
+/// What the catalog knows about hawser's own place in Docker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Environment {
+    /// Networks of hawser's own container; empty when hawser does not run in a container.
+    pub own_networks: Vec<String>,
+}
+
+/// Where a container port is asked for, in the order they are consulted.
+pub struct PortChoice<'a> {
+    pub label: Option<u16>,
+    pub service: Option<u16>,
+    pub prefix: &'a str,
+}
+
+/// Port: label → service `port` → the single exposed TCP port. In published mode, when that
+/// is ambiguous, the single *published* port is used.
+pub fn choose_port(c: &Container, choice: &PortChoice<'_>, mode: AddressMode) -> Result<u16, String> {
+    if let Some(p) = choice.label.or(choice.service) {
+        return Ok(p);
+    }
+    let p = choice.prefix;
+    match c.exposed_tcp.as_slice() {
+        [one] => Ok(*one),
+        exposed => {
+            if mode == AddressMode::Published {
+                let mut published: Vec<u16> = c.published.iter().map(|b| b.container_port).collect();
+                published.sort_unstable();
+                published.dedup();
+                if let [one] = published.as_slice() {
+                    return Ok(*one);
+                }
+            }
+            if exposed.is_empty() {
+                Err(format!("exposes no TCP port: set {p}.port"))
+            } else {
+                Err(format!("exposes {}: set {p}.port", list_ports(exposed)))
+            }
+        }
+    }
+}
+
+fn list_ports(ports: &[u16]) -> String {
+    let mut s: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let last = s.pop().unwrap_or_default();
+    if s.is_empty() { last } else { format!("{} and {last}", s.join(", ")) }
+}
+
+/// The socket address for `port` of container `c`.
+pub fn choose_address(
+    c: &Container,
+    port: u16,
+    mode: AddressMode,
+    label_network: Option<&str>,
+    config_network: Option<&str>,
+    env: &Environment,
+    prefix: &str,
+) -> Result<SocketAddr, String> {
+    if mode == AddressMode::Published {
+        return published_address(c, port);
+    }
+    if c.network_mode == "host" {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(other) = c.network_mode.strip_prefix("container:") {
+        return Err(format!(
+            "shares the network of container {}: route that container instead",
+            &other[..other.len().min(12)]
+        ));
+    }
+    let network = choose_network(c, label_network, config_network, env, prefix)?;
+    match c.networks.get(network).copied().flatten() {
+        Some(ip) => Ok(SocketAddr::new(ip, port)),
+        None => Err(format!("has no IP address on network {network}")),
+    }
+}
+
+/// Network: label → `docker.network` (if the container is on it) → the one network shared with
+/// hawser's own container → the container's only network.
+fn choose_network<'a>(
+    c: &'a Container,
+    label_network: Option<&str>,
+    config_network: Option<&str>,
+    env: &Environment,
+    prefix: &str,
+) -> Result<&'a str, String> {
+    let on = |n: &str| c.networks.get_key_value(n).map(|(k, _)| k.as_str());
+    let names = || c.networks.keys().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(wanted) = label_network {
+        return on(wanted).ok_or_else(|| {
+            format!("label {prefix}.network={wanted:?}, but the container is not on network {wanted} (it is on: {})", names())
+        });
+    }
+    if let Some(n) = config_network.and_then(on) {
+        return Ok(n);
+    }
+    if c.networks.is_empty() {
+        return Err("is on no network".into());
+    }
+    if !env.own_networks.is_empty() {
+        let shared: Vec<&str> =
+            c.networks.keys().map(String::as_str).filter(|n| env.own_networks.iter().any(|o| o == n)).collect();
+        return match shared.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "not on a network shared with hawser (container on: {}; hawser on: {})",
+                names(),
+                env.own_networks.join(", ")
+            )),
+            several => Err(format!(
+                "on several networks shared with hawser ({}): set {prefix}.network or docker.network",
+                several.join(", ")
+            )),
+        };
+    }
+    if c.networks.len() == 1 {
+        return Ok(c.networks.keys().next().expect("one network").as_str());
+    }
+    Err(format!("on several networks ({}): set {prefix}.network or docker.network", names()))
+}
+
+fn published_address(c: &Container, port: u16) -> Result<SocketAddr, String> {
+    let binding = c
+        .published
+        .iter()
+        .filter(|b| b.container_port == port)
+        // Prefer an IPv4 binding: loopback v4 always works where Docker published on 0.0.0.0.
+        .min_by_key(|b| matches!(b.host_ip, Some(IpAddr::V6(_))))
+        .ok_or_else(|| format!("port {port} is not published (docker.address: published)"))?;
+    let ip = match binding.host_ip {
+        None | Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(IpAddr::V6(v6)) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Some(ip) => ip,
+    };
+    Ok(SocketAddr::new(ip, binding.host_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::container::PublishedPort;
+
+    const P: &str = "hawser";
+
+    fn port(c: &Container, label: Option<u16>, service: Option<u16>, mode: AddressMode) -> Result<u16, String> {
+        choose_port(c, &PortChoice { label, service, prefix: P }, mode)
+    }
+
+    fn addr(c: &Container, label_net: Option<&str>, cfg_net: Option<&str>, own: &[&str]) -> Result<SocketAddr, String> {
+        let env = Environment { own_networks: own.iter().map(|s| s.to_string()).collect() };
+        choose_address(c, 80, AddressMode::Container, label_net, cfg_net, &env, P)
+    }
+
+    fn two_nets() -> Container {
+        let mut c = Container::sample("a", "10.0.0.2");
+        c.networks.insert("back".into(), Some("10.1.0.2".parse().unwrap()));
+        c
+    }
+
+    #[test]
+    fn port_precedence_and_reasons() {
+        let mut c = Container::sample("a", "10.0.0.2");
+        assert_eq!(port(&c, None, None, AddressMode::Container), Ok(80));
+        assert_eq!(port(&c, None, Some(81), AddressMode::Container), Ok(81));
+        assert_eq!(port(&c, Some(82), Some(81), AddressMode::Container), Ok(82));
+        c.exposed_tcp = vec![80, 443];
+        assert_eq!(port(&c, None, None, AddressMode::Container), Err("exposes 80 and 443: set hawser.port".into()));
+        c.exposed_tcp = vec![];
+        assert_eq!(port(&c, None, None, AddressMode::Container), Err("exposes no TCP port: set hawser.port".into()));
+        c.exposed_tcp = vec![80, 443];
+        c.published = vec![PublishedPort { container_port: 443, host_ip: None, host_port: 8443 }];
+        assert_eq!(port(&c, None, None, AddressMode::Published), Ok(443));
+    }
+
+    #[test]
+    fn network_precedence_and_reasons() {
+        let c = two_nets();
+        assert_eq!(addr(&c, Some("back"), None, &[]).unwrap().ip().to_string(), "10.1.0.2");
+        assert!(addr(&c, Some("nope"), None, &[]).unwrap_err().contains("not on network nope (it is on: back, net)"));
+        assert_eq!(addr(&c, None, Some("back"), &[]).unwrap().ip().to_string(), "10.1.0.2");
+        // docker.network the container is not on falls through to the next rule.
+        assert!(addr(&c, None, Some("other"), &[]).unwrap_err().starts_with("on several networks (back, net)"));
+        assert_eq!(addr(&c, None, None, &["net", "x"]).unwrap().ip().to_string(), "10.0.0.2");
+        assert!(addr(&c, None, None, &["x"]).unwrap_err().starts_with("not on a network shared with hawser"));
+        assert!(addr(&c, None, None, &["net", "back"]).unwrap_err().starts_with("on several networks shared with hawser"));
+        assert_eq!(addr(&Container::sample("b", "10.0.0.3"), None, None, &[]).unwrap().to_string(), "10.0.0.3:80");
+    }
+
+    #[test]
+    fn host_mode_and_missing_ip() {
+        let mut c = Container::sample("a", "10.0.0.2");
+        c.network_mode = "host".into();
+        c.networks = [("host".to_string(), None)].into();
+        assert_eq!(addr(&c, None, None, &[]).unwrap().to_string(), "127.0.0.1:80");
+        let mut c = Container::sample("a", "10.0.0.2");
+        c.networks.insert("net".into(), None);
+        assert_eq!(addr(&c, None, None, &[]).unwrap_err(), "has no IP address on network net");
+    }
+
+    #[test]
+    fn published_mode_uses_the_host_binding() {
+        let mut c = Container::sample("a", "10.0.0.2");
+        let env = Environment::default();
+        let pub_addr = |c: &Container| choose_address(c, 80, AddressMode::Published, None, None, &env, P);
+        assert!(pub_addr(&c).unwrap_err().contains("port 80 is not published"));
+        c.published = vec![
+            PublishedPort { container_port: 80, host_ip: Some("::".parse().unwrap()), host_port: 32768 },
+            PublishedPort { container_port: 80, host_ip: Some("0.0.0.0".parse().unwrap()), host_port: 32768 },
+        ];
+        assert_eq!(pub_addr(&c).unwrap().to_string(), "127.0.0.1:32768");
+        c.published = vec![PublishedPort { container_port: 80, host_ip: Some("192.0.2.7".parse().unwrap()), host_port: 9000 }];
+        assert_eq!(pub_addr(&c).unwrap().to_string(), "192.0.2.7:9000");
+    }
+}

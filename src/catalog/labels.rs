@@ -1,0 +1,143 @@
+//! The routing labels of one container (`<prefix>.enable`, `<prefix>.host`, …), parsed and
+//! checked. A bad value is reported with the full label name so the user can find it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::routes::{HostPattern, parse_path_prefix};
+
+/// Largest accepted `weight`: pingora's weighted round robin expands each backend by its
+/// weight, so the bound keeps a selector small.
+pub const MAX_WEIGHT: usize = 1000;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Labels {
+    pub enable: Option<bool>,
+    pub service: Option<String>,
+    pub hosts: Option<Vec<HostPattern>>,
+    pub path: Option<String>,
+    pub port: Option<u16>,
+    pub network: Option<String>,
+    pub weight: Option<usize>,
+    pub health_path: Option<String>,
+}
+
+/// A label hawser could not use; the container carrying it is skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelError {
+    pub label: String,
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for LabelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "label {}={:?}: {}", self.label, self.value, self.problem)
+    }
+}
+
+const KEYS: &[&str] = &["enable", "service", "host", "path", "port", "network", "weight", "healthcheck.path"];
+
+impl Labels {
+    /// Reads the labels under `prefix`. An unknown key under the prefix is an error too: a typo
+    /// such as `hawser.hots` must not silently leave a container unrouted.
+    pub fn parse(prefix: &str, labels: &BTreeMap<String, String>) -> Result<Labels, LabelError> {
+        let mut out = Labels::default();
+        for (label, value) in labels {
+            let Some(key) = label.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) else {
+                continue;
+            };
+            let fail = |problem: String| LabelError { label: label.clone(), value: value.clone(), problem };
+            let v = value.trim();
+            match key {
+                "enable" => out.enable = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
+                "service" => {
+                    validate_service_name(v).map_err(fail)?;
+                    out.service = Some(v.to_string());
+                }
+                "host" => out.hosts = Some(HostPattern::parse_list(v).map_err(fail)?),
+                "path" => out.path = Some(parse_path_prefix(v).map_err(fail)?),
+                "port" => match v.parse::<u16>() {
+                    Ok(p) if p > 0 => out.port = Some(p),
+                    _ => return Err(fail("not a port number (1-65535)".into())),
+                },
+                "network" if !v.is_empty() => out.network = Some(v.to_string()),
+                "network" => return Err(fail("empty network name".into())),
+                "weight" => match v.parse::<usize>() {
+                    Ok(w) if (1..=MAX_WEIGHT).contains(&w) => out.weight = Some(w),
+                    _ => return Err(fail(format!("weight must be a whole number from 1 to {MAX_WEIGHT}"))),
+                },
+                "healthcheck.path" => out.health_path = Some(parse_path_prefix(v).map_err(fail)?),
+                _ => return Err(fail(format!("unknown label (known: {})", KEYS.join(", ")))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Booleans as Docker users write them in labels.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A service name as used in labels, YAML, logs and the admin API.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(()) } else { Err(format!("invalid service name {name:?}: use 1-128 letters, digits, '.', '_' or '-'")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Labels, LabelError> {
+        let labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Labels::parse("hawser", &labels)
+    }
+
+    #[test]
+    fn reads_every_label() {
+        let l = parse(&[
+            ("hawser.enable", "TRUE"),
+            ("hawser.service", "api"),
+            ("hawser.host", "a.example.com, *.b.example.com"),
+            ("hawser.path", "/v1"),
+            ("hawser.port", "8080"),
+            ("hawser.network", "web"),
+            ("hawser.weight", "3"),
+            ("hawser.healthcheck.path", "/healthz"),
+            ("other.label", "ignored"),
+            ("hawserx.port", "not ours"),
+        ])
+        .unwrap();
+        assert_eq!(l.enable, Some(true));
+        assert_eq!(l.service.as_deref(), Some("api"));
+        assert_eq!(l.hosts.as_ref().unwrap().len(), 2);
+        assert_eq!(l.path.as_deref(), Some("/v1"));
+        assert_eq!((l.port, l.weight), (Some(8080), Some(3)));
+        assert_eq!(l.network.as_deref(), Some("web"));
+        assert_eq!(l.health_path.as_deref(), Some("/healthz"));
+    }
+
+    #[test]
+    fn bad_values_name_the_label() {
+        let e = parse(&[("hawser.port", "abc")]).unwrap_err();
+        assert_eq!(e.label, "hawser.port");
+        assert_eq!(e.to_string(), "label hawser.port=\"abc\": not a port number (1-65535)");
+        assert_eq!(parse(&[("hawser.port", "0")]).unwrap_err().label, "hawser.port");
+        assert_eq!(parse(&[("hawser.weight", "0")]).unwrap_err().label, "hawser.weight");
+        assert_eq!(parse(&[("hawser.weight", "1001")]).unwrap_err().label, "hawser.weight");
+        assert_eq!(parse(&[("hawser.enable", "maybe")]).unwrap_err().label, "hawser.enable");
+        assert_eq!(parse(&[("hawser.host", "bad host")]).unwrap_err().label, "hawser.host");
+        assert_eq!(parse(&[("hawser.path", "api")]).unwrap_err().label, "hawser.path");
+        assert_eq!(parse(&[("hawser.service", "a/b")]).unwrap_err().label, "hawser.service");
+        let typo = parse(&[("hawser.hots", "a.com")]).unwrap_err();
+        assert!(typo.problem.starts_with("unknown label"), "{typo}");
+    }
+}

@@ -1,0 +1,514 @@
+//! The catalog: containers × configuration → services, their routes and backends, and a verdict
+//! for every container saying whether it is routed and, if not, why.
+//!
+//! Pure and synchronous: no Docker client, no tokio, no I/O, so every rule is unit-tested here
+//! with plain structs. The runtime ([`crate::runtime`]) turns a catalog into live load balancers.
+
+pub mod address;
+pub mod container;
+pub mod labels;
+pub mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use address::Environment;
+pub use container::{Container, DockerHealth, PublishedPort, RunState};
+pub use labels::{Labels, validate_service_name};
+use routes::{HostPattern, RouteKey};
+
+use crate::config::{CheckKind, Config, HealthPolicy, ProxyPolicy};
+
+/// Docker Compose's service label: the default service name of a compose container.
+pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub services: BTreeMap<String, ServicePlan>,
+    /// Container id → verdict, for every container seen.
+    pub verdicts: BTreeMap<String, Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    pub name: String,
+    pub routes: Vec<RouteKey>,
+    /// Declared under `services:` in the YAML file (else made from labels).
+    pub from_config: bool,
+    /// Sorted by container name.
+    pub backends: Vec<BackendPlan>,
+    pub health: HealthPolicy,
+    pub proxy: ProxyPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendPlan {
+    pub container_id: String,
+    pub container_name: String,
+    pub addr: SocketAddr,
+    pub weight: usize,
+    pub probe: Probe,
+    /// Why Docker's own state forbids traffic now.
+    pub gate: Option<Gate>,
+    pub stop_timeout: Option<Duration>,
+}
+
+/// Docker's reasons to send a running backend no traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `kill` with SIGTERM/SIGKILL seen: the container is going away.
+    Stopping,
+    Paused,
+    Restarting,
+    /// HEALTHCHECK has not passed yet.
+    DockerStarting,
+    DockerUnhealthy,
+}
+
+impl Gate {
+    /// Whether active probing still makes sense (the process is meant to serve soon).
+    pub fn probe_anyway(self) -> bool {
+        matches!(self, Gate::DockerStarting | Gate::DockerUnhealthy | Gate::Restarting)
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Gate::Stopping => "stopping",
+            Gate::Paused => "paused",
+            Gate::Restarting => "restarting",
+            Gate::DockerStarting => "Docker health: starting",
+            Gate::DockerUnhealthy => "Docker health: unhealthy",
+        })
+    }
+}
+
+/// How hawser actively checks a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Probe {
+    Tcp,
+    Http { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub container_name: String,
+    pub service: Option<String>,
+    /// A backend that Docker's state allows traffic to (active probes decide the rest).
+    pub routed: bool,
+    pub reason: Option<String>,
+}
+
+/// A container that opted in and passed every check but ownership of its routes.
+struct Candidate<'a> {
+    container: &'a Container,
+    service: String,
+    labels: Labels,
+}
+
+impl Catalog {
+    /// Builds the catalog. Deterministic: the same containers and config give the same catalog
+    /// whatever order they come in, so a restart of hawser routes exactly as before.
+    pub fn build<'a>(config: &Config, containers: impl IntoIterator<Item = &'a Container>, env: &Environment) -> Catalog {
+        let prefix = config.docker.label_prefix.as_str();
+        let mut catalog = Catalog::default();
+        let mut owners: HashMap<RouteKey, String> = HashMap::new();
+
+        for svc in config.services.values() {
+            for route in &svc.routes {
+                owners.insert(route.clone(), svc.name.clone());
+            }
+            catalog.services.insert(
+                svc.name.clone(),
+                ServicePlan {
+                    name: svc.name.clone(),
+                    routes: svc.routes.clone(),
+                    from_config: true,
+                    backends: Vec::new(),
+                    health: svc.health.clone(),
+                    proxy: svc.proxy.clone(),
+                },
+            );
+        }
+
+        let mut candidates = Vec::new();
+        for c in containers {
+            match admit(config, c) {
+                Ok(candidate) => candidates.push(candidate),
+                Err(reason) => catalog.refuse(c, None, reason),
+            }
+        }
+        // Running containers claim routes before stopped ones (a leftover exited container must
+        // never take a host from a live one), then the oldest first, then by id.
+        candidates.sort_by(|a, b| {
+            let (a, b) = (a.container, b.container);
+            (!a.state.is_up(), a.created, &a.id).cmp(&(!b.state.is_up(), b.created, &b.id))
+        });
+
+        for cand in candidates {
+            let c = cand.container;
+            let svc_config = config.services.get(&cand.service);
+            // Resolve the address first: a container that cannot be reached is skipped whole and
+            // claims nothing, so it never turns another route into a 503.
+            let addr = if c.state.is_up() {
+                let port = address::choose_port(
+                    c,
+                    &address::PortChoice { label: cand.labels.port, service: svc_config.and_then(|s| s.port), prefix },
+                    config.docker.address,
+                );
+                match port.and_then(|port| {
+                    address::choose_address(
+                        c,
+                        port,
+                        config.docker.address,
+                        cand.labels.network.as_deref(),
+                        config.docker.network.as_deref(),
+                        env,
+                        prefix,
+                    )
+                }) {
+                    Ok(a) => Some(a),
+                    Err(reason) => {
+                        catalog.refuse(c, Some(&cand.service), reason);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+
+            // YAML services own their routes; labels add routes only to label-made services.
+            let claims = if svc_config.is_some() { Vec::new() } else { label_routes(&cand.labels) };
+            if let Some((route, owner)) =
+                claims.iter().find_map(|r| owners.get(r).filter(|o| **o != cand.service).map(|o| (r, o)))
+            {
+                let reason = format!("{route} is already routed to service {owner}");
+                catalog.refuse(c, Some(&cand.service), reason);
+                continue;
+            }
+
+            let plan = catalog.services.entry(cand.service.clone()).or_insert_with(|| ServicePlan {
+                name: cand.service.clone(),
+                routes: Vec::new(),
+                from_config: false,
+                backends: Vec::new(),
+                health: config.health.clone(),
+                proxy: config.proxy.clone(),
+            });
+            for route in claims {
+                if !plan.routes.contains(&route) {
+                    owners.insert(route.clone(), cand.service.clone());
+                    plan.routes.push(route);
+                }
+            }
+
+            let Some(addr) = addr else {
+                let reason = format!("container is {}", c.state.as_str());
+                catalog.refuse(c, Some(&cand.service), reason);
+                continue;
+            };
+            if let Some(other) = plan.backends.iter().find(|b| b.addr == addr) {
+                let reason = format!("address {addr} is already used by container {}", other.container_name);
+                catalog.refuse(c, Some(&cand.service), reason);
+                continue;
+            }
+            let gate = docker_gate(c);
+            plan.backends.push(BackendPlan {
+                container_id: c.id.clone(),
+                container_name: c.name.clone(),
+                addr,
+                weight: cand.labels.weight.unwrap_or(1),
+                probe: probe_for(&plan.health, cand.labels.health_path.as_deref()),
+                gate,
+                stop_timeout: c.stop_timeout,
+            });
+            catalog.verdicts.insert(
+                c.id.clone(),
+                Verdict {
+                    container_name: c.name.clone(),
+                    service: Some(cand.service),
+                    routed: gate.is_none(),
+                    reason: gate.map(|g| g.to_string()),
+                },
+            );
+        }
+
+        // A label-made service that no container gave a host or path can never be reached.
+        let unreachable: Vec<String> =
+            catalog.services.values().filter(|s| s.routes.is_empty()).map(|s| s.name.clone()).collect();
+        for name in unreachable {
+            let plan = catalog.services.remove(&name).expect("listed above");
+            for b in plan.backends {
+                if let Some(v) = catalog.verdicts.get_mut(&b.container_id) {
+                    v.routed = false;
+                    v.reason = Some(format!(
+                        "service {name} has no route: set {prefix}.host or {prefix}.path, or declare it under services:"
+                    ));
+                }
+            }
+        }
+        for plan in catalog.services.values_mut() {
+            plan.backends.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+            plan.routes.sort();
+        }
+        catalog
+    }
+
+    fn refuse(&mut self, c: &Container, service: Option<&str>, reason: String) {
+        self.verdicts.insert(
+            c.id.clone(),
+            Verdict {
+                container_name: c.name.clone(),
+                service: service.map(str::to_string),
+                routed: false,
+                reason: Some(reason),
+            },
+        );
+    }
+
+    /// Containers that are not routed, with their reasons (for logs).
+    pub fn refusals(&self) -> impl Iterator<Item = (&String, &Verdict)> {
+        self.verdicts.iter().filter(|(_, v)| !v.routed)
+    }
+}
+
+/// Opt-in, label parsing and service choice for one container.
+fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, String> {
+    let prefix = config.docker.label_prefix.as_str();
+    let labels = Labels::parse(prefix, &c.labels).map_err(|e| e.to_string())?;
+    if labels.enable == Some(false) {
+        return Err(format!("label {prefix}.enable=false"));
+    }
+    let selected: Vec<&str> = config
+        .services
+        .values()
+        .filter(|s| s.selector.as_ref().is_some_and(|sel| sel.matches(&c.labels, &c.image)))
+        .map(|s| s.name.as_str())
+        .collect();
+    let opted_in = labels.enable == Some(true) || config.docker.exposed_by_default || !selected.is_empty();
+    if !opted_in {
+        return Err(format!("no {prefix}.enable=true label"));
+    }
+    let service = match (&labels.service, selected.as_slice()) {
+        (Some(s), _) => s.clone(),
+        (None, [one]) => one.to_string(),
+        (None, []) => match c.labels.get(COMPOSE_SERVICE_LABEL) {
+            Some(s) if validate_service_name(s).is_ok() => s.clone(),
+            _ => c.name.clone(),
+        },
+        (None, several) => {
+            return Err(format!("matches the selectors of services {}: set {prefix}.service", several.join(" and ")));
+        }
+    };
+    validate_service_name(&service).map_err(|e| format!("cannot name its service: {e}: set {prefix}.service"))?;
+    Ok(Candidate { container: c, service, labels })
+}
+
+/// The routes a container's labels ask for: each host × the path (a path alone means any host).
+fn label_routes(labels: &Labels) -> Vec<RouteKey> {
+    let path = labels.path.clone().unwrap_or_else(|| "/".to_string());
+    match (&labels.hosts, &labels.path) {
+        (Some(hosts), _) => {
+            hosts.iter().map(|h| RouteKey { host: h.clone(), path_prefix: path.clone() }).collect()
+        }
+        (None, Some(_)) => vec![RouteKey { host: HostPattern::Any, path_prefix: path }],
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Docker's own word on whether a running container may get traffic.
+fn docker_gate(c: &Container) -> Option<Gate> {
+    if c.leaving {
+        return Some(Gate::Stopping);
+    }
+    match c.state {
+        RunState::Paused => return Some(Gate::Paused),
+        RunState::Restarting => return Some(Gate::Restarting),
+        _ => {}
+    }
+    match c.health {
+        DockerHealth::Starting => Some(Gate::DockerStarting),
+        DockerHealth::Unhealthy => Some(Gate::DockerUnhealthy),
+        DockerHealth::None | DockerHealth::Healthy => None,
+    }
+}
+
+/// HTTP when a path is known (label, then service or defaults) unless TCP was asked for.
+fn probe_for(health: &HealthPolicy, label_path: Option<&str>) -> Probe {
+    let path = label_path.map(str::to_string).or_else(|| health.path.clone());
+    match (health.kind, path) {
+        (Some(CheckKind::Tcp), _) => Probe::Tcp,
+        (_, Some(path)) => Probe::Http { path },
+        (Some(CheckKind::Http), None) => Probe::Http { path: "/".into() },
+        (None, None) => Probe::Tcp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loaded;
+
+    fn config(yaml: &str) -> Config {
+        Loaded::from_yaml(yaml, "t.yaml").unwrap().config
+    }
+
+    fn web(name: &str, ip: &str, host: &str) -> Container {
+        Container::sample(name, ip).label("hawser.enable", "true").label("hawser.host", host).label("hawser.service", "web")
+    }
+
+    fn reason<'a>(cat: &'a Catalog, id: &str) -> &'a str {
+        cat.verdicts[id].reason.as_deref().unwrap_or("")
+    }
+
+    #[test]
+    fn labelled_containers_form_a_service() {
+        let cs = [web("w1", "10.0.0.2", "web.test"), web("w2", "10.0.0.3", "web.test")];
+        let cat = Catalog::build(&config(""), &cs, &Environment::default());
+        let svc = &cat.services["web"];
+        assert_eq!(svc.routes, vec![RouteKey { host: HostPattern::Exact("web.test".into()), path_prefix: "/".into() }]);
+        assert_eq!(svc.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(), ["10.0.0.2:80", "10.0.0.3:80"]);
+        assert!(cat.verdicts.values().all(|v| v.routed));
+        assert_eq!(svc.backends[0].probe, Probe::Tcp);
+    }
+
+    #[test]
+    fn opt_in_is_required_unless_exposed_by_default() {
+        let c = Container::sample("plain", "10.0.0.2").label("hawser.host", "a.test");
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert_eq!(reason(&cat, "plain-id"), "no hawser.enable=true label");
+        let cat = Catalog::build(&config("docker: {exposed_by_default: true}"), [&c], &Environment::default());
+        assert!(cat.verdicts["plain-id"].routed);
+        assert_eq!(cat.verdicts["plain-id"].service.as_deref(), Some("plain"));
+        let off = c.clone().label("hawser.enable", "false");
+        let cat = Catalog::build(&config("docker: {exposed_by_default: true}"), [&off], &Environment::default());
+        assert_eq!(reason(&cat, "plain-id"), "label hawser.enable=false");
+    }
+
+    #[test]
+    fn service_name_defaults_to_compose_then_container_name() {
+        let a = Container::sample("proj-api-1", "10.0.0.2")
+            .label("hawser.enable", "true")
+            .label("hawser.host", "a.test")
+            .label(COMPOSE_SERVICE_LABEL, "api");
+        let b = Container::sample("lonely", "10.0.0.3").label("hawser.enable", "true").label("hawser.host", "b.test");
+        let cat = Catalog::build(&config(""), [&a, &b], &Environment::default());
+        assert!(cat.services.contains_key("api"));
+        assert!(cat.services.contains_key("lonely"));
+    }
+
+    #[test]
+    fn a_bad_label_skips_only_that_container() {
+        let good = web("good", "10.0.0.2", "web.test");
+        let bad = web("bad", "10.0.0.3", "web.test").label("hawser.port", "abc");
+        let cat = Catalog::build(&config(""), [&good, &bad], &Environment::default());
+        assert_eq!(reason(&cat, "bad-id"), "label hawser.port=\"abc\": not a port number (1-65535)");
+        assert_eq!(cat.services["web"].backends.len(), 1);
+        let net = web("net", "10.0.0.4", "web.test").label("hawser.network", "nowhere");
+        let cat = Catalog::build(&config(""), [&good, &net], &Environment::default());
+        assert!(reason(&cat, "net-id").contains("not on network nowhere"));
+        assert_eq!(cat.services["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn a_claimed_host_is_refused_to_another_service_and_the_owner_keeps_it() {
+        let mut older = web("w1", "10.0.0.2", "web.test");
+        older.created = 1;
+        let mut intruder = Container::sample("x", "10.0.0.3")
+            .label("hawser.enable", "true")
+            .label("hawser.host", "web.test")
+            .label("hawser.service", "other");
+        intruder.created = 2;
+        for order in [[&older, &intruder], [&intruder, &older]] {
+            let cat = Catalog::build(&config(""), order, &Environment::default());
+            assert_eq!(reason(&cat, "x-id"), "host web.test is already routed to service web");
+            assert!(cat.verdicts["w1-id"].routed);
+            assert!(!cat.services.contains_key("other"));
+        }
+        // A YAML service owns its hosts over any label.
+        let cat = Catalog::build(&config("services:\n  yaml:\n    hosts: [web.test]\n"), [&older], &Environment::default());
+        assert_eq!(reason(&cat, "w1-id"), "host web.test is already routed to service yaml");
+        // A live container wins over an older, exited one.
+        let mut exited = intruder.clone();
+        exited.created = 0;
+        exited.state = RunState::Exited;
+        let cat = Catalog::build(&config(""), [&exited, &older], &Environment::default());
+        assert!(cat.verdicts["w1-id"].routed);
+        assert_eq!(reason(&cat, "x-id"), "host web.test is already routed to service web");
+    }
+
+    #[test]
+    fn stopped_containers_keep_the_route_without_backends() {
+        let mut c = web("w1", "10.0.0.2", "web.test");
+        c.state = RunState::Exited;
+        c.networks.insert("net".into(), None);
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert_eq!(cat.services["web"].backends.len(), 0);
+        assert_eq!(cat.services["web"].routes.len(), 1);
+        assert_eq!(reason(&cat, "w1-id"), "container is exited");
+    }
+
+    #[test]
+    fn docker_state_gates_traffic() {
+        let mut c = web("w1", "10.0.0.2", "web.test");
+        c.health = DockerHealth::Starting;
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::DockerStarting));
+        assert!(!cat.verdicts["w1-id"].routed);
+        c.health = DockerHealth::Healthy;
+        c.leaving = true;
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Stopping));
+        c.leaving = false;
+        c.state = RunState::Paused;
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Paused));
+    }
+
+    #[test]
+    fn yaml_selectors_pull_containers_in() {
+        let cfg = config(
+            "services:\n  api:\n    hosts: [api.test]\n    port: 8080\n    selector: {label: role=api}\n    health_check: {path: /ready}\n  img:\n    path_prefix: /img\n    selector: {image: sample}\n",
+        );
+        let mut by_label = Container::sample("a", "10.0.0.2").label("role", "api");
+        by_label.image = "other:2".into();
+        let mut by_image = Container::sample("b", "10.0.0.3");
+        by_image.image = "other:1".into();
+        let both = Container::sample("c", "10.0.0.4").label("role", "api");
+        let cat = Catalog::build(&cfg, [&by_label], &Environment::default());
+        let api = &cat.services["api"].backends[0];
+        assert_eq!(api.addr.to_string(), "10.0.0.2:8080");
+        assert_eq!(api.probe, Probe::Http { path: "/ready".into() });
+        // "sample:latest" matches both selectors: refused rather than guessed.
+        let cat = Catalog::build(&cfg, [&both, &by_image], &Environment::default());
+        assert!(reason(&cat, "c-id").starts_with("matches the selectors of services api and img"));
+        assert_eq!(reason(&cat, "b-id"), "no hawser.enable=true label");
+        let pinned = both.clone().label("hawser.service", "api");
+        let cat = Catalog::build(&cfg, [&pinned], &Environment::default());
+        assert!(cat.verdicts["c-id"].routed);
+    }
+
+    #[test]
+    fn routes_need_a_host_or_path() {
+        let c = Container::sample("a", "10.0.0.2").label("hawser.enable", "true");
+        let cat = Catalog::build(&config(""), [&c], &Environment::default());
+        assert!(reason(&cat, "a-id").contains("has no route"));
+        assert!(cat.services.is_empty());
+        let p = c.clone().label("hawser.path", "/api");
+        let cat = Catalog::build(&config(""), [&p], &Environment::default());
+        assert_eq!(cat.services["a"].routes[0], RouteKey { host: HostPattern::Any, path_prefix: "/api".into() });
+    }
+
+    #[test]
+    fn weights_and_health_paths_come_from_labels() {
+        let c = web("w1", "10.0.0.2", "web.test").label("hawser.weight", "3").label("hawser.healthcheck.path", "/hz");
+        let cat = Catalog::build(&config("health_check: {path: /default}"), [&c], &Environment::default());
+        let b = &cat.services["web"].backends[0];
+        assert_eq!(b.weight, 3);
+        assert_eq!(b.probe, Probe::Http { path: "/hz".into() });
+        let cat = Catalog::build(&config("health_check: {path: /default, type: tcp}"), [&c], &Environment::default());
+        assert_eq!(cat.services["web"].backends[0].probe, Probe::Tcp);
+    }
+}

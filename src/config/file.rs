@@ -1,0 +1,204 @@
+//! The YAML file as the user writes it. Every type here denies unknown keys, and every value
+//! that can be wrong is checked while it is read, so the error carries the line and key.
+//! [`super::Config`] is built from this; nothing else in hawser reads these types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+use serde_saphyr::Spanned;
+
+use crate::catalog::routes::{HostPattern, parse_path_prefix};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<Listen>>,
+    #[serde(default)]
+    pub docker: DockerSection,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSection>,
+    #[serde(default)]
+    pub health_check: HealthCheckSection,
+    #[serde(default)]
+    pub proxy: ProxySection,
+    /// pingora's own `ServerConf`, embedded as-is (threads, grace_period_seconds, pid_file, …).
+    pub pingora: Option<pingora::server::configuration::ServerConf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    pub endpoint: Option<Endpoint>,
+    pub label_prefix: Option<LabelPrefix>,
+    pub network: Option<String>,
+    pub exposed_by_default: Option<bool>,
+    pub address: Option<AddressMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressMode {
+    /// The container's IP on the chosen network and the container port.
+    Container,
+    /// The host IP and published port of that container port.
+    Published,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<Host>>,
+    pub path_prefix: Option<PathPrefix>,
+    pub port: Option<Port>,
+    pub selector: Option<SelectorSection>,
+    pub health_check: Option<HealthCheckSection>,
+    pub connect_timeout: Option<Dur>,
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorSection {
+    pub label: Option<String>,
+    pub image: Option<String>,
+    pub compose_service: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(rename = "type")]
+    pub kind: Option<CheckKind>,
+    pub path: Option<PathPrefix>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub rise: Option<Threshold>,
+    pub fall: Option<Threshold>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    pub connect_timeout: Option<Dur>,
+    pub retries: Option<u32>,
+}
+
+/// Parses a value with `parse` and turns its error into a located serde error.
+fn parsed<'de, D: Deserializer<'de>, T>(d: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error> {
+    let raw = String::deserialize(d)?;
+    parse(&raw).map_err(D::Error::custom)
+}
+
+macro_rules! parsed_newtype {
+    ($(#[$doc:meta])* $name:ident($inner:ty) = $parse:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name(pub $inner);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                parsed(d, $parse).map($name)
+            }
+        }
+    };
+}
+
+parsed_newtype!(
+    /// An `"ip:port"` to listen on.
+    Listen(SocketAddr) = |s: &str| s.parse().map_err(|_| format!("invalid listen address {s:?}: expected \"ip:port\", e.g. \"0.0.0.0:8080\""))
+);
+parsed_newtype!(Host(HostPattern) = HostPattern::parse);
+parsed_newtype!(PathPrefix(String) = parse_path_prefix);
+parsed_newtype!(
+    /// `unix:///path`, `tcp://host:port` or `http://host:port`.
+    Endpoint(String) = parse_endpoint
+);
+parsed_newtype!(LabelPrefix(String) = parse_label_prefix);
+parsed_newtype!(
+    /// A duration: `500ms`, `2s`, `1m`.
+    Dur(Duration) = parse_duration
+);
+
+/// A TCP port, 1–65535, written as a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Port(pub u16);
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u16::deserialize(d)? {
+            0 => Err(D::Error::custom("port must be 1-65535")),
+            p => Ok(Port(p)),
+        }
+    }
+}
+
+/// A rise/fall count, at least 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold(pub u32);
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(D::Error::custom("must be at least 1")),
+            n => Ok(Threshold(n)),
+        }
+    }
+}
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {raw:?}: expected e.g. \"500ms\", \"2s\", \"1m\""))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid duration {raw:?}: unit must be ms, s or m")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(format!("invalid duration {raw:?}: must be above 0 and at most a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_endpoint(raw: &str) -> Result<String, String> {
+    if raw.starts_with("unix://") || raw.starts_with("tcp://") || raw.starts_with("http://") {
+        Ok(raw.to_string())
+    } else {
+        Err(format!("invalid Docker endpoint {raw:?}: expected unix:///path, tcp://host:port or http://host:port"))
+    }
+}
+
+fn parse_label_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && !raw.starts_with('.')
+        && !raw.ends_with('.')
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(raw.to_string()) } else { Err(format!("invalid label prefix {raw:?}: use letters, digits, '.', '_' and '-'")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+}

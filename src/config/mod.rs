@@ -1,0 +1,459 @@
+//! hawser's configuration: the YAML file ([`file`]) turned into the model the runtime uses.
+//!
+//! `hawser` runs with no file at all: every value has an embedded default, listed in
+//! `conf/hawser.yaml`. Errors name the file, line, column and key, and carry a snippet.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+use crate::catalog::routes::{HostPattern, RouteKey};
+pub use file::{AddressMode, CheckKind};
+
+/// Everything hawser's runtime reads from configuration (pingora's own part is kept aside in
+/// [`Loaded::server`] because pingora takes ownership of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub docker: DockerConfig,
+    /// Services declared in YAML, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Health-check defaults for every service.
+    pub health: HealthPolicy,
+    /// Proxy defaults for every service.
+    pub proxy: ProxyPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// `None`: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    pub endpoint: Option<String>,
+    pub label_prefix: String,
+    /// Preferred network for container addresses.
+    pub network: Option<String>,
+    /// Route containers that carry no `<prefix>.enable` label.
+    pub exposed_by_default: bool,
+    pub address: AddressMode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Host × path prefix pairs this service answers for.
+    pub routes: Vec<RouteKey>,
+    pub port: Option<u16>,
+    pub selector: Option<Selector>,
+    pub health: HealthPolicy,
+    pub proxy: ProxyPolicy,
+}
+
+/// Containers matching every given criterion join the service, even without routing labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    /// `key` (present) or `key=value`.
+    pub label: Option<(String, Option<String>)>,
+    /// `name` matches any tag of that image; `name:tag` only that tag.
+    pub image: Option<String>,
+    /// The `com.docker.compose.service` label.
+    pub compose_service: Option<String>,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>, image: &str) -> bool {
+        let label_ok = self.label.as_ref().is_none_or(|(k, v)| match (labels.get(k), v) {
+            (Some(_), None) => true,
+            (Some(actual), Some(wanted)) => actual == wanted,
+            (None, _) => false,
+        });
+        let image_ok = self.image.as_ref().is_none_or(|wanted| {
+            image == wanted
+                || (!wanted.contains(':') && image.strip_prefix(wanted.as_str()).is_some_and(|rest| rest.starts_with(':')))
+        });
+        let compose_ok = self
+            .compose_service
+            .as_ref()
+            .is_none_or(|wanted| labels.get(crate::catalog::COMPOSE_SERVICE_LABEL) == Some(wanted));
+        label_ok && image_ok && compose_ok
+    }
+}
+
+/// How backends are probed. `kind: None` means "HTTP when a path is known, else TCP".
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPolicy {
+    pub kind: Option<CheckKind>,
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a ready backend out.
+    pub fall: u32,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            kind: None,
+            path: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyPolicy {
+    /// Short by default: a dead container's IP times out instead of refusing.
+    pub connect_timeout: Duration,
+    /// Connect failures retried on another backend of the service.
+    pub retries: u32,
+}
+
+impl Default for ProxyPolicy {
+    fn default() -> Self {
+        ProxyPolicy { connect_timeout: Duration::from_secs(1), retries: 2 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Loaded::from_file(file::FileConfig::default(), "<defaults>")
+            .expect("embedded defaults are valid")
+            .config
+    }
+}
+
+/// A configuration as loaded: hawser's part and pingora's.
+pub struct Loaded {
+    pub config: Config,
+    pub server: ServerConf,
+}
+
+/// A configuration error, located when the YAML parser or a value check knows where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted key path, e.g. `services.api.port`; empty when the error is about the file.
+    pub key: String,
+    pub message: String,
+    /// The offending lines with a caret, when known.
+    pub snippet: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(snippet) = &self.snippet {
+            write!(f, "\n{snippet}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Loaded {
+    /// Reads and validates a YAML file.
+    pub fn from_path(path: &Path) -> Result<Loaded, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: None,
+            column: None,
+            key: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+            snippet: None,
+        })?;
+        Loaded::from_yaml(&text, &name)
+    }
+
+    /// Parses YAML text; `name` is what errors call the file.
+    pub fn from_yaml(text: &str, name: &str) -> Result<Loaded, ConfigError> {
+        let only_comments = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---"
+        });
+        let file: file::FileConfig = if only_comments {
+            file::FileConfig::default()
+        } else {
+            let mut key = String::new();
+            serde_saphyr::with_deserializer_from_str(text, |de| {
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    key = e.path().to_string();
+                    e.into_inner()
+                })
+            })
+            .map_err(|e| yaml_error(&e, name, key))?
+        };
+        Loaded::from_file(file, name)
+    }
+
+    fn from_file(f: file::FileConfig, name: &str) -> Result<Loaded, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: name.to_string(),
+            line: None,
+            column: None,
+            key: key.to_string(),
+            message,
+            snippet: None,
+        };
+
+        let listen: Vec<SocketAddr> = match f.listen {
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            Some(l) if l.is_empty() => return Err(err("listen", "must name at least one \"ip:port\"".into())),
+            Some(l) => l.into_iter().map(|a| a.0).collect(),
+        };
+
+        let docker = DockerConfig {
+            endpoint: f.docker.endpoint.map(|e| e.0),
+            label_prefix: f.docker.label_prefix.map_or_else(|| "hawser".to_string(), |p| p.0),
+            network: f.docker.network,
+            exposed_by_default: f.docker.exposed_by_default.unwrap_or(false),
+            address: f.docker.address.unwrap_or(AddressMode::Container),
+        };
+
+        let health = merge_health(&HealthPolicy::default(), &f.health_check);
+        let proxy = ProxyPolicy {
+            connect_timeout: f.proxy.connect_timeout.map_or(ProxyPolicy::default().connect_timeout, |d| d.0),
+            retries: f.proxy.retries.unwrap_or(ProxyPolicy::default().retries),
+        };
+
+        let mut services = BTreeMap::new();
+        // Which YAML service owns each route, and where it was written, to report conflicts.
+        let mut owners: BTreeMap<RouteKey, (String, Option<serde_saphyr::Location>)> = BTreeMap::new();
+        for (svc_name, s) in f.services {
+            let key = format!("services.{svc_name}");
+            crate::catalog::validate_service_name(&svc_name).map_err(|m| err(&key, m))?;
+            if s.hosts.is_empty() && s.path_prefix.is_none() {
+                return Err(err(&key, "needs `hosts` or `path_prefix`: a service without either can never be reached".into()));
+            }
+            let prefix = s.path_prefix.map_or_else(|| "/".to_string(), |p| p.0);
+            let hosts: Vec<(HostPattern, Option<serde_saphyr::Location>)> = if s.hosts.is_empty() {
+                vec![(HostPattern::Any, None)]
+            } else {
+                s.hosts.iter().map(|h| (h.value.0.clone(), Some(h.referenced))).collect()
+            };
+            let mut routes = Vec::new();
+            for (host, location) in hosts {
+                let route = RouteKey { host, path_prefix: prefix.clone() };
+                if let Some((other, _)) = owners.get(&route) {
+                    let mut e = err(&format!("{key}.hosts"), format!("{route} is already routed to service {other:?}"));
+                    if let Some(loc) = location {
+                        e.line = Some(loc.line() as usize);
+                        e.column = Some(loc.column() as usize);
+                    }
+                    return Err(e);
+                }
+                owners.insert(route.clone(), (svc_name.clone(), location));
+                routes.push(route);
+            }
+            let selector = match s.selector {
+                None => None,
+                Some(sel) => {
+                    if sel.label.is_none() && sel.image.is_none() && sel.compose_service.is_none() {
+                        return Err(err(&format!("{key}.selector"), "needs at least one of `label`, `image`, `compose_service`".into()));
+                    }
+                    let label = sel.label.map(|l| match l.split_once('=') {
+                        Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                        None => (l.trim().to_string(), None),
+                    });
+                    Some(Selector { label, image: sel.image, compose_service: sel.compose_service })
+                }
+            };
+            let svc = ServiceConfig {
+                name: svc_name.clone(),
+                routes,
+                port: s.port.map(|p| p.0),
+                selector,
+                health: s.health_check.as_ref().map_or_else(|| health.clone(), |h| merge_health(&health, h)),
+                proxy: ProxyPolicy {
+                    connect_timeout: s.connect_timeout.map_or(proxy.connect_timeout, |d| d.0),
+                    retries: s.retries.unwrap_or(proxy.retries),
+                },
+            };
+            services.insert(svc_name, svc);
+        }
+
+        Ok(Loaded {
+            config: Config { listen, docker, services, health, proxy },
+            server: f.pingora.unwrap_or_default(),
+        })
+    }
+}
+
+fn merge_health(base: &HealthPolicy, s: &file::HealthCheckSection) -> HealthPolicy {
+    HealthPolicy {
+        kind: s.kind.or(base.kind),
+        path: s.path.as_ref().map(|p| p.0.clone()).or_else(|| base.path.clone()),
+        interval: s.interval.as_ref().map_or(base.interval, |d| d.0),
+        timeout: s.timeout.as_ref().map_or(base.timeout, |d| d.0),
+        rise: s.rise.map_or(base.rise, |t| t.0),
+        fall: s.fall.map_or(base.fall, |t| t.0),
+    }
+}
+
+fn yaml_error(e: &serde_saphyr::Error, name: &str, key: String) -> ConfigError {
+    let location = e.location();
+    let mut message = e.without_snippet().to_string();
+    // The parser appends "at line L, column C"; the location is already in front of the message.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    let rendered = e.render();
+    let snippet = rendered
+        .split_once('\n')
+        .map(|(_, rest)| rest.replace("<input>", name))
+        .filter(|s| !s.trim().is_empty());
+    ConfigError {
+        file: name.to_string(),
+        line: location.map(|l| l.line() as usize),
+        column: location.map(|l| l.column() as usize),
+        key: key.trim_end_matches(".?").trim_end_matches('?').to_string(),
+        message,
+        snippet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        Loaded::from_yaml(yaml, "test.yaml").map(|l| l.config)
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = load("# nothing here\n").unwrap();
+        assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(c.docker.label_prefix, "hawser");
+        assert!(!c.docker.exposed_by_default);
+        assert_eq!(c.docker.address, AddressMode::Container);
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = load(
+            r#"
+listen: ["127.0.0.1:9000"]
+docker: { endpoint: "unix:///tmp/d.sock", label_prefix: edge, network: web, exposed_by_default: true, address: published }
+health_check: { type: http, path: /healthz, interval: 500ms, rise: 1 }
+proxy: { connect_timeout: 300ms, retries: 1 }
+services:
+  api:
+    hosts: [api.example.com, "*.api.example.com"]
+    path_prefix: /v1
+    port: 8080
+    selector: { label: "app=api", image: "api" }
+    health_check: { path: /ready }
+    retries: 0
+pingora:
+  threads: 3
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.docker.label_prefix, "edge");
+        assert_eq!(c.docker.address, AddressMode::Published);
+        let api = &c.services["api"];
+        assert_eq!(api.routes.len(), 2);
+        assert_eq!(api.routes[0].path_prefix, "/v1");
+        assert_eq!(api.port, Some(8080));
+        assert_eq!(api.health.path.as_deref(), Some("/ready"));
+        assert_eq!(api.health.interval, Duration::from_millis(500));
+        assert_eq!(api.proxy.retries, 0);
+        assert_eq!(api.proxy.connect_timeout, Duration::from_millis(300));
+        let sel = api.selector.as_ref().unwrap();
+        assert_eq!(sel.label, Some(("app".into(), Some("api".into()))));
+    }
+
+    #[test]
+    fn pingora_section_reaches_pingora() {
+        let l = Loaded::from_yaml("pingora:\n  threads: 3\n  grace_period_seconds: 1\n", "t.yaml").unwrap();
+        assert_eq!(l.server.threads, 3);
+        assert_eq!(l.server.grace_period_seconds, Some(1));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = load("services:\n  api:\n    hosts: [a.com]\n    hots: [b.com]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(4), Some(5)));
+        assert_eq!(e.key, "services.api.hots");
+        let shown = e.to_string();
+        assert!(shown.starts_with("test.yaml:4:5: services.api.hots: unknown field `hots`"), "{shown}");
+        assert!(shown.contains("test.yaml:4:5"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let e = load("listen: [\"nonsense\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.key.starts_with("listen"), "{e}");
+        assert!(e.message.contains("invalid listen address"), "{e}");
+
+        let e = load("services:\n  api:\n    hosts: [a.com]\n    port: abc\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(4), "services.api.port"), "{e}");
+
+        let e = load("health_check:\n  interval: 5\n").unwrap_err();
+        assert_eq!(e.key, "health_check.interval");
+
+        let e = load("docker:\n  address: somewhere\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "docker.address"), "{e}");
+
+        let e = load("listen: [\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn conflicting_yaml_routes_are_refused_with_the_line() {
+        let e = load("services:\n  a:\n    hosts: [x.com]\n  b:\n    hosts: [y.com, x.com]\n").unwrap_err();
+        assert_eq!(e.key, "services.b.hosts");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("already routed to service \"a\""), "{e}");
+    }
+
+    #[test]
+    fn services_need_a_route_and_selectors_a_criterion() {
+        assert!(load("services:\n  a:\n    port: 80\n").unwrap_err().message.contains("needs `hosts` or `path_prefix`"));
+        assert_eq!(load("services:\n  a:\n    hosts: [a.com]\n    selector: {}\n").unwrap_err().key, "services.a.selector");
+    }
+
+    #[test]
+    fn selectors_match() {
+        let labels: BTreeMap<String, String> =
+            [("app".to_string(), "api".to_string()), (crate::catalog::COMPOSE_SERVICE_LABEL.to_string(), "web".to_string())].into();
+        let sel = |label: Option<(&str, Option<&str>)>, image: Option<&str>, compose: Option<&str>| Selector {
+            label: label.map(|(k, v)| (k.to_string(), v.map(str::to_string))),
+            image: image.map(str::to_string),
+            compose_service: compose.map(str::to_string),
+        };
+        assert!(sel(Some(("app", None)), None, None).matches(&labels, "x"));
+        assert!(sel(Some(("app", Some("api"))), None, None).matches(&labels, "x"));
+        assert!(!sel(Some(("app", Some("web"))), None, None).matches(&labels, "x"));
+        assert!(sel(None, Some("nginx"), None).matches(&labels, "nginx:1.25"));
+        assert!(!sel(None, Some("nginx"), None).matches(&labels, "nginxx:1"));
+        assert!(!sel(None, Some("nginx:1.24"), None).matches(&labels, "nginx:1.25"));
+        assert!(sel(None, None, Some("web")).matches(&labels, "x"));
+        assert!(!sel(Some(("app", None)), None, Some("db")).matches(&labels, "x"));
+    }
+}

@@ -1,0 +1,449 @@
+//! Everything hawser says to the Docker engine lives here: connect, list, inspect, follow
+//! `/events`, and turn API objects into [`Container`]s. Nothing else uses bollard types.
+//!
+//! Docker facts this module relies on (checked on Docker 20.10, API 1.41):
+//! - `docker stop` emits `kill` (signal=15) → maybe `kill` (signal=9) → `die` and `stop` (either
+//!   order) → `network disconnect`. `kill` with other signals (HUP, USR1) means nothing here.
+//! - A HEALTHCHECK emits `exec_*` events every interval (ignored) and `health_status: <state>`
+//!   when the state changes.
+//! - `/events?since=T` replays events after T, so a reconnect loses nothing between the
+//!   resync list and the live stream; handling is idempotent, so replays are harmless.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum, EventMessage,
+    EventMessageTypeEnum, HealthStatusEnum,
+};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use futures_util::StreamExt;
+use log::{debug, info, warn};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::catalog::{Catalog, Container, DockerHealth, Environment, PublishedPort, RunState};
+use crate::config::Config;
+use crate::runtime::{Cause, Runtime, unix_nanos};
+
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+/// Per-request timeout for list/inspect; the event stream itself is not bounded by it.
+const REQUEST_TIMEOUT_SECS: u64 = 30;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Follows the Docker engine and keeps the runtime's catalog current. A pingora background
+/// service: it starts after daemonisation and stops with the server.
+pub struct DockerWatcher {
+    config: Arc<Config>,
+    runtime: Arc<Runtime>,
+}
+
+/// Where the last session left off.
+struct Cursor {
+    containers: BTreeMap<String, Container>,
+    env: Environment,
+    /// Events at or after this time (ns since the epoch) have not been handled for sure.
+    since_nanos: i64,
+}
+
+impl DockerWatcher {
+    pub fn new(config: Arc<Config>, runtime: Arc<Runtime>) -> Self {
+        DockerWatcher { config, runtime }
+    }
+
+    /// The endpoint in effect: config, else `DOCKER_HOST`, else the local socket.
+    pub fn endpoint(&self) -> String {
+        self.config
+            .docker
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
+    }
+
+    async fn run(&self) {
+        let endpoint = self.endpoint();
+        let mut cursor = Cursor { containers: BTreeMap::new(), env: Environment::default(), since_nanos: unix_nanos() };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = self.session(&endpoint, &mut cursor, &mut backoff).await;
+            self.runtime.set_docker_connected(false);
+            match result {
+                Ok(()) => warn!(
+                    "Docker {endpoint}: event stream ended; serving the last known routes, reconnecting in {backoff:?}"
+                ),
+                Err(e) => warn!("Docker {endpoint}: {e}; serving the last known routes, retrying in {backoff:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: subscribe, resynchronise from a full list, then follow events.
+    async fn session(&self, endpoint: &str, cursor: &mut Cursor, backoff: &mut Duration) -> Result<(), String> {
+        let docker = connect(endpoint)?
+            .negotiate_version()
+            .await
+            .map_err(|e| format!("cannot reach the Docker engine: {e}"))?;
+
+        // Replay from where the last session was sure; the list below is newer than that.
+        let mut filters = HashMap::new();
+        filters.insert("type".to_string(), vec!["container".to_string(), "network".to_string()]);
+        let since = format!("{}.{:09}", cursor.since_nanos / 1_000_000_000, cursor.since_nanos % 1_000_000_000);
+        let mut events = docker.events(Some(EventsOptions { since: Some(since), until: None, filters: Some(filters) }));
+
+        let listed_at = unix_nanos();
+        cursor.env = own_environment(&docker).await;
+        cursor.containers = self.list(&docker).await?;
+        cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
+        self.runtime.set_docker_connected(true);
+        *backoff = BACKOFF_MIN;
+        info!(
+            "Docker {endpoint}: connected (API {}), {} containers listed{}",
+            docker.client_version(),
+            cursor.containers.len(),
+            if cursor.env.own_networks.is_empty() {
+                String::new()
+            } else {
+                format!("; hawser runs on networks {}", cursor.env.own_networks.join(", "))
+            }
+        );
+        self.rebuild(cursor, &Cause { what: "resynchronised from a full list".into(), event_nanos: None });
+
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| format!("event stream broken: {e}"))?;
+            let time = event.time_nano.unwrap_or_else(unix_nanos);
+            if let Some(cause) = self.handle(&docker, cursor, &event).await {
+                self.rebuild(cursor, &cause);
+            }
+            // Replays start strictly after the last handled event's second boundary, so
+            // take a small margin: handling twice is harmless, missing one is not.
+            cursor.since_nanos = cursor.since_nanos.max(time - 1_000_000_000);
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, cursor: &Cursor, cause: &Cause) {
+        let catalog = Catalog::build(&self.config, cursor.containers.values(), &cursor.env);
+        self.runtime.apply(catalog, cause);
+    }
+
+    /// Applies one event to the container map; returns a cause when routing may have changed.
+    async fn handle(&self, docker: &Docker, cursor: &mut Cursor, event: &EventMessage) -> Option<Cause> {
+        let action = event.action.as_deref().unwrap_or_default();
+        let actor = event.actor.as_ref()?;
+        let attrs = actor.attributes.as_ref();
+        let attr = |k: &str| attrs.and_then(|a| a.get(k)).map(String::as_str);
+        let id = match event.typ {
+            Some(EventMessageTypeEnum::CONTAINER) => actor.id.clone()?,
+            // Network events name the network as actor and the container in an attribute.
+            Some(EventMessageTypeEnum::NETWORK) if matches!(action, "connect" | "disconnect") => {
+                attr("container")?.to_string()
+            }
+            _ => return None,
+        };
+        if action.starts_with("exec_") {
+            return None;
+        }
+        let name = cursor.containers.get(&id).map_or_else(|| short(&id).to_string(), |c| c.name.clone());
+        let cause = Cause { what: format!("{action} {name}"), event_nanos: event.time_nano };
+        debug!("Docker event: {:?} {action} {name}", event.typ);
+
+        match action {
+            "kill" => {
+                // Only SIGTERM and SIGKILL mean "going away"; HUP, USR1 … are for the app.
+                let signal = attr("signal").unwrap_or_default();
+                if !matches!(signal, "15" | "9" | "SIGTERM" | "SIGKILL") {
+                    return None;
+                }
+                let c = cursor.containers.get_mut(&id)?;
+                if c.leaving || !c.state.is_up() {
+                    return None;
+                }
+                c.leaving = true;
+            }
+            "die" | "stop" | "oom" => {
+                let c = cursor.containers.get_mut(&id)?;
+                if c.state == RunState::Exited && !c.leaving {
+                    return None;
+                }
+                c.state = RunState::Exited;
+                c.leaving = false;
+                c.networks.values_mut().for_each(|ip| *ip = None);
+            }
+            "destroy" => {
+                cursor.containers.remove(&id)?;
+            }
+            "pause" => cursor.containers.get_mut(&id)?.state = RunState::Paused,
+            "unpause" => cursor.containers.get_mut(&id)?.state = RunState::Running,
+            a if a.starts_with("health_status") => {
+                let health = match a.rsplit(':').next().map(str::trim) {
+                    Some("healthy") => DockerHealth::Healthy,
+                    Some("unhealthy") => DockerHealth::Unhealthy,
+                    Some("starting") => DockerHealth::Starting,
+                    _ => return None,
+                };
+                let c = cursor.containers.get_mut(&id)?;
+                if c.health == health {
+                    return None;
+                }
+                c.health = health;
+            }
+            "create" | "start" | "restart" | "rename" | "update" | "connect" | "disconnect" => {
+                match docker.inspect_container(&id, None).await {
+                    Ok(inspected) => match container_from_inspect(inspected) {
+                        Some(c) => {
+                            cursor.containers.insert(id, c);
+                        }
+                        None => return None,
+                    },
+                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                        cursor.containers.remove(&id)?;
+                    }
+                    Err(e) => {
+                        warn!("Docker: cannot inspect container {name} after {action}: {e}");
+                        return None;
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(cause)
+    }
+
+    /// Every container, inspected when it could matter to hawser (the rest only summarised).
+    async fn list(&self, docker: &Docker) -> Result<BTreeMap<String, Container>, String> {
+        let summaries = docker
+            .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
+            .await
+            .map_err(|e| format!("cannot list containers: {e}"))?;
+        let mut containers = BTreeMap::new();
+        for s in summaries {
+            let Some(id) = s.id.clone() else { continue };
+            let container = if self.may_route(&s) {
+                match docker.inspect_container(&id, None).await {
+                    Ok(inspected) => container_from_inspect(inspected),
+                    // Removed between list and inspect.
+                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => None,
+                    Err(e) => return Err(format!("cannot inspect container {}: {e}", short(&id))),
+                }
+            } else {
+                Some(container_from_summary(s))
+            };
+            if let Some(c) = container {
+                containers.insert(id, c);
+            }
+        }
+        Ok(containers)
+    }
+
+    /// Whether a container needs a full inspect: it carries our labels, or config may select it.
+    fn may_route(&self, s: &ContainerSummary) -> bool {
+        let prefix = format!("{}.", self.config.docker.label_prefix);
+        let empty = HashMap::new();
+        let labels = s.labels.as_ref().unwrap_or(&empty);
+        self.config.docker.exposed_by_default
+            || labels.keys().any(|k| k.starts_with(&prefix))
+            || self.config.services.values().any(|svc| {
+                svc.selector.as_ref().is_some_and(|sel| {
+                    let sorted: BTreeMap<String, String> = labels.clone().into_iter().collect();
+                    sel.matches(&sorted, s.image.as_deref().unwrap_or_default())
+                })
+            })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for DockerWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.run() => {}
+            _ = shutdown.changed() => info!("Docker watcher: shutting down"),
+        }
+    }
+}
+
+/// A client for `endpoint` (`unix://…`, `tcp://…`, `http://…`).
+pub fn connect(endpoint: &str) -> Result<Docker, String> {
+    let result = if endpoint.starts_with("unix://") {
+        Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if let Some(rest) = endpoint.strip_prefix("tcp://") {
+        Docker::connect_with_http(&format!("http://{rest}"), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if endpoint.starts_with("http://") {
+        Docker::connect_with_http(endpoint, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else {
+        return Err(format!("unsupported Docker endpoint {endpoint:?}: use unix://, tcp:// or http://"));
+    };
+    result.map_err(|e| format!("cannot use Docker endpoint {endpoint}: {e}"))
+}
+
+/// hawser's own container, if it runs in one on this engine: its networks decide which
+/// container addresses it can reach.
+async fn own_environment(docker: &Docker) -> Environment {
+    let mut candidates = Vec::new();
+    if let Ok(h) = std::env::var("HOSTNAME") {
+        candidates.push(h);
+    }
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        candidates.push(h.trim().to_string());
+    }
+    // cgroup v1 and the overlay mount name the full container id.
+    for file in ["/proc/self/cgroup", "/proc/self/mountinfo"] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
+                if word.len() == 64 && !candidates.iter().any(|c| c == word) {
+                    candidates.push(word.to_string());
+                }
+            }
+        }
+    }
+    for candidate in candidates.iter().filter(|c| !c.is_empty()) {
+        let Ok(c) = docker.inspect_container(candidate, None).await else { continue };
+        // A hostname can name another container by chance; the id must agree.
+        if c.id.as_deref().is_some_and(|id| id.starts_with(candidate.as_str())) {
+            let networks = c.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
+            return Environment { own_networks: networks };
+        }
+    }
+    Environment::default()
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn container_from_summary(s: ContainerSummary) -> Container {
+    Container {
+        id: s.id.unwrap_or_default(),
+        name: s.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
+        image: s.image.unwrap_or_default(),
+        created: s.created.unwrap_or_default(),
+        labels: s.labels.unwrap_or_default().into_iter().collect(),
+        state: match s.state {
+            Some(ContainerSummaryStateEnum::RUNNING) => RunState::Running,
+            Some(ContainerSummaryStateEnum::PAUSED) => RunState::Paused,
+            Some(ContainerSummaryStateEnum::RESTARTING) => RunState::Restarting,
+            Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
+            Some(ContainerSummaryStateEnum::DEAD) => RunState::Dead,
+            Some(ContainerSummaryStateEnum::REMOVING) => RunState::Removing,
+            _ => RunState::Exited,
+        },
+        leaving: false,
+        health: DockerHealth::None,
+        network_mode: s.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+        networks: BTreeMap::new(),
+        exposed_tcp: Vec::new(),
+        published: Vec::new(),
+        stop_timeout: None,
+    }
+}
+
+/// Converts an inspect response. `None` when it lacks an id (never seen in practice).
+pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> {
+    let id = c.id?;
+    let config = c.config.unwrap_or_default();
+    let state = c.state.unwrap_or_default();
+    let settings = c.network_settings.unwrap_or_default();
+    let running = state.running.unwrap_or(false);
+    let networks = settings
+        .networks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, ep)| {
+            let ip = ep.ip_address.filter(|ip| !ip.is_empty()).and_then(|ip| ip.parse::<IpAddr>().ok());
+            (name, if running { ip } else { None })
+        })
+        .collect();
+    let mut exposed_tcp: Vec<u16> = config
+        .exposed_ports
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| tcp_port(p))
+        .collect();
+    exposed_tcp.sort_unstable();
+    exposed_tcp.dedup();
+    let mut published = Vec::new();
+    for (port, bindings) in settings.ports.unwrap_or_default() {
+        let Some(container_port) = tcp_port(&port) else { continue };
+        for b in bindings.unwrap_or_default() {
+            let Some(host_port) = b.host_port.and_then(|p| p.parse().ok()) else { continue };
+            let host_ip = b.host_ip.filter(|ip| !ip.is_empty()).and_then(|ip| ip.parse().ok());
+            published.push(PublishedPort { container_port, host_ip, host_port });
+        }
+    }
+    published.sort_by_key(|p| (p.container_port, p.host_port));
+    Some(Container {
+        name: c.name.unwrap_or_default().trim_start_matches('/').to_string(),
+        image: config.image.unwrap_or_default(),
+        created: c.created.as_deref().and_then(parse_rfc3339_seconds).unwrap_or_default(),
+        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        state: match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) => RunState::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => RunState::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => RunState::Restarting,
+            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+            Some(ContainerStateStatusEnum::DEAD) => RunState::Dead,
+            Some(ContainerStateStatusEnum::REMOVING) => RunState::Removing,
+            _ => RunState::Exited,
+        },
+        leaving: false,
+        health: match state.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::STARTING) => DockerHealth::Starting,
+            Some(HealthStatusEnum::HEALTHY) => DockerHealth::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => DockerHealth::Unhealthy,
+            _ => DockerHealth::None,
+        },
+        network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+        networks,
+        exposed_tcp,
+        published,
+        stop_timeout: config.stop_timeout.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
+        id,
+    })
+}
+
+/// `"80/tcp"` → 80; other protocols → None.
+fn tcp_port(spec: &str) -> Option<u16> {
+    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    if proto == "tcp" { port.parse().ok() } else { None }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as Docker writes it
+/// (`2026-11-25T02:43:01.123456789Z`); only the seconds matter for ordering.
+fn parse_rfc3339_seconds(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_times() {
+        assert_eq!(parse_rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_seconds("2026-11-25T02:43:01.123456789Z"), Some(1_795_574_581));
+        assert_eq!(parse_rfc3339_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(tcp_port("80/tcp"), Some(80));
+        assert_eq!(tcp_port("53/udp"), None);
+        assert_eq!(tcp_port("8080"), Some(8080));
+    }
+}

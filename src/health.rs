@@ -1,0 +1,185 @@
+//! Active health checks, run as a pingora background service.
+//!
+//! hawser schedules probes itself rather than through pingora's `HealthCheck` loop because it
+//! needs per-backend schedules: a new backend is probed fast (50 ms, 100 ms, 200 ms … up to
+//! the interval) so it goes live within about 100 ms of listening, and it gets no traffic before
+//! its first probe passes (pingora starts new backends healthy). Results go to the runtime,
+//! which folds them into the service's enablement map.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::debug;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::catalog::Probe;
+use crate::runtime::{ProbeKey, ProbeStatus, ProbeTarget, Runtime};
+
+/// First delay between probes of a backend that has not passed yet; doubles up to the interval.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+pub struct HealthChecks {
+    runtime: Arc<Runtime>,
+}
+
+impl HealthChecks {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        HealthChecks { runtime }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut targets = self.runtime.probe_targets();
+        let mut running: HashMap<ProbeKey, (ProbeTarget, JoinHandle<()>)> = HashMap::new();
+        loop {
+            let current = Arc::clone(&targets.borrow_and_update());
+            running.retain(|key, (target, task)| {
+                let keep = current.iter().any(|t| t == target);
+                if !keep {
+                    debug!("health: stop probing {} ({})", key.0, key.1);
+                    task.abort();
+                }
+                keep
+            });
+            for t in current.iter() {
+                if !running.contains_key(&t.key()) {
+                    let task = tokio::spawn(probe_loop(Arc::clone(&self.runtime), t.clone()));
+                    running.insert(t.key(), (t.clone(), task));
+                }
+            }
+            tokio::select! {
+                changed = targets.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        for (_, (_, task)) in running {
+            task.abort();
+        }
+    }
+}
+
+/// Probes one backend for as long as it is a target. rise/fall apply once it has been ready.
+async fn probe_loop(runtime: Arc<Runtime>, target: ProbeTarget) {
+    let policy = &target.policy;
+    let mut status = ProbeStatus::Starting;
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let mut retry = FIRST_RETRY;
+    loop {
+        let ok = probe_once(&target).await;
+        if ok {
+            passes += 1;
+            failures = 0;
+        } else {
+            failures += 1;
+            passes = 0;
+        }
+        let next = match status {
+            ProbeStatus::Starting if ok => ProbeStatus::Ready,
+            ProbeStatus::Ready if failures >= policy.fall => ProbeStatus::Unhealthy,
+            ProbeStatus::Unhealthy if passes >= policy.rise => ProbeStatus::Ready,
+            s => s,
+        };
+        if next != status {
+            status = next;
+            runtime.probe_changed(&target, status);
+        }
+        let wait = if status == ProbeStatus::Starting {
+            let w = retry;
+            retry = (retry * 2).min(policy.interval);
+            w
+        } else {
+            policy.interval
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One probe within the policy's timeout. HTTP passes on a 2xx or 3xx status.
+pub async fn probe_once(target: &ProbeTarget) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(target.addr).await.ok()?;
+        let Probe::Http { path } = &target.probe else { return Some(true) };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hawser-health-check\r\nConnection: close\r\n\r\n",
+            target.host
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        // The status line fits in the first read in practice; read until it is complete.
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 256];
+        while !buf.contains(&b'\n') && buf.len() < 4096 {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(status_ok(&buf))
+    };
+    matches!(tokio::time::timeout(target.policy.timeout, attempt).await, Ok(Some(true)))
+}
+
+fn status_ok(response: &[u8]) -> bool {
+    let line = response.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let version_ok = parts.next().is_some_and(|v| v.starts_with(b"HTTP/1."));
+    let code = parts.next().and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.trim().parse::<u16>().ok());
+    version_ok && matches!(code, Some(200..=399))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HealthPolicy;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn status_lines() {
+        assert!(status_ok(b"HTTP/1.1 200 OK\r\n"));
+        assert!(status_ok(b"HTTP/1.0 302 Found\r\n"));
+        assert!(!status_ok(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!status_ok(b"garbage"));
+        assert!(!status_ok(b""));
+    }
+
+    fn target(addr: std::net::SocketAddr, probe: Probe) -> ProbeTarget {
+        ProbeTarget {
+            container_id: "c".into(),
+            container_name: "c".into(),
+            service: "s".into(),
+            addr,
+            probe,
+            policy: HealthPolicy { timeout: Duration::from_millis(500), ..HealthPolicy::default() },
+            host: "s.test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_real_sockets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for status in ["200 OK", "500 Internal Server Error"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).contains("Host: s.test"));
+                s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await.unwrap();
+            }
+        });
+        let http = target(addr, Probe::Http { path: "/healthz".into() });
+        assert!(probe_once(&http).await);
+        assert!(!probe_once(&http).await);
+        server.await.unwrap();
+        // Nothing listens there any more.
+        assert!(!probe_once(&target(addr, Probe::Tcp)).await);
+    }
+}

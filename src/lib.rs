@@ -1,0 +1,15 @@
+//! hawser: an edge load balancer on pingora that finds its backends in the Docker engine.
+//!
+//! Data flow, one module per step:
+//! [`docker`] (events, inspect) → [`catalog`] (pure: containers × config → services, routes,
+//! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
+//! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`).
+//! [`config`] reads the YAML file into the model all of them use.
+
+pub mod catalog;
+pub mod config;
+pub mod discovery;
+pub mod docker;
+pub mod health;
+pub mod proxy;
+pub mod runtime;

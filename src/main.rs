@@ -1,0 +1,51 @@
+//! `hawser [-c FILE] [-t] [-d] [-u]`: load the configuration, build the pingora server with one
+//! proxy service and two background services (Docker discovery, health checks), run.
+
+use std::sync::Arc;
+
+use hawser::config::{ConfigError, Loaded};
+use hawser::docker::DockerWatcher;
+use hawser::health::HealthChecks;
+use hawser::proxy::HawserProxy;
+use hawser::runtime::Runtime;
+use pingora::prelude::{Opt, Server, background_service};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    // pingora's own flags keep their meaning: -c, -t, -d (daemon), -u (upgrade).
+    let mut opt = Opt::parse_args();
+    let source = opt.conf.clone();
+    let loaded = match &source {
+        Some(path) => Loaded::from_path(path.as_ref()),
+        None => Loaded::from_yaml("", "<embedded defaults>"),
+    };
+    let Loaded { config, server: server_conf } = loaded.unwrap_or_else(|e: ConfigError| {
+        eprintln!("hawser: invalid configuration: {e}");
+        std::process::exit(1);
+    });
+    if opt.test {
+        println!("hawser: configuration {} is valid", source.as_deref().unwrap_or("<embedded defaults>"));
+        return;
+    }
+    // hawser read the file; pingora gets its part as a ServerConf, not the path.
+    opt.conf = None;
+
+    let config = Arc::new(config);
+    let runtime = Runtime::new();
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime)));
+    for addr in &config.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "docker discovery",
+        DockerWatcher::new(Arc::clone(&config), Arc::clone(&runtime)),
+    ));
+    server.add_service(background_service("health checks", HealthChecks::new(runtime)));
+    log::info!("hawser listening on {:?}", config.listen);
+    server.run_forever();
+}

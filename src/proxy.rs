@@ -1,0 +1,174 @@
+//! The request path: Host + path → service → backend, with hawser's own 404/503 answers and
+//! connect-failure retries on a different backend.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::warn;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::catalog::routes::normalize_host;
+use crate::runtime::{Runtime, Service};
+
+/// Bound on candidates looked at per selection: enough to walk past every disabled entry of a
+/// weighted service (weights are capped at 1000, services are small).
+const MAX_SELECT_ITERATIONS: usize = 4096;
+
+pub struct HawserProxy {
+    runtime: Arc<Runtime>,
+}
+
+impl HawserProxy {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        HawserProxy { runtime }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    service: Option<Arc<Service>>,
+    /// The Host header as the client sent it (for X-Forwarded-Host).
+    host: String,
+    /// Backends already tried for this request: a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+    retries: u32,
+}
+
+#[async_trait]
+impl ProxyHttp for HawserProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let raw_host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or_default();
+        let host = normalize_host(raw_host);
+        let path = req.uri.path();
+        match self.runtime.route(&host, path) {
+            Some(svc) => {
+                ctx.host = raw_host.to_string();
+                ctx.service = Some(svc);
+                Ok(false)
+            }
+            None => {
+                let body = format!("hawser: no route for host {host:?} and path {path:?}\n");
+                respond(session, 404, body, &[]).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let svc = ctx.service.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+        let tried = &ctx.tried;
+        let backend = svc.lb.select_with(b"", MAX_SELECT_ITERATIONS, |b, ready| {
+            ready && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        });
+        let Some(addr) = backend.as_ref().and_then(|b| b.addr.as_inet().copied()) else {
+            // 503 when nothing was ready to begin with; 502 when every ready one failed.
+            let status = if ctx.tried.is_empty() { 503 } else { 502 };
+            return Err(Error::explain(ErrorType::HTTPStatus(status), "no backend to select"));
+        };
+        ctx.tried.push(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // hawser is the edge: it states the client's address rather than trusting what the
+        // client claims (Traefik's default for untrusted clients).
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            upstream.insert_header("X-Forwarded-For", ip.to_string())?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", "http")?;
+        if !ctx.host.is_empty() {
+            upstream.insert_header("X-Forwarded-Host", ctx.host.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // hawser's own 502/503 answers are decisions, not faults; they are logged where made.
+        matches!(e.etype(), ErrorType::HTTPStatus(_))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let Some(svc) = &ctx.service else { return e };
+        if ctx.retries < svc.proxy.retries {
+            ctx.retries += 1;
+            e.set_retry(true);
+            warn!("service {}: connect to {} failed ({e}); retrying on another backend", svc.name, peer._address);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let service = ctx.service.as_ref().map_or("?", |s| s.name.as_str());
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        let result = match code {
+            0 => Ok(()),
+            503 => {
+                let body = format!("hawser: service {service} has no ready backend\n");
+                respond(session, 503, body, &[("Retry-After", "1")]).await
+            }
+            502 => {
+                let body = format!("hawser: no backend of service {service} could be reached\n");
+                respond(session, 502, body, &[]).await
+            }
+            _ => session.respond_error(code).await,
+        };
+        if let Err(err) = result {
+            warn!("could not send the {code} response: {err}");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+}
+
+/// A short plain-text response that hawser makes itself.
+async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&'static str, &'static str)]) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in headers {
+        resp.insert_header(*name, *value)?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The live side of the catalog: one pingora `LoadBalancer<RoundRobin>` per service, the route
+//! table the proxy reads, and the targets the health checker probes.
+//!
+//! Concurrency rules:
+//! - The route table is swapped whole (`ArcSwap`); a request never sees half an update.
+//! - Each service has exactly one updater task, the only caller of its `LoadBalancer::update()`
+//!   (pingora: "calls on the same backend view must not overlap"). Changes store a new
+//!   [`Snapshot`] and wake that task; wakes coalesce, and the task always reads the newest
+//!   snapshot, so no change is lost and none waits for a polling interval.
+//! - `State` is behind one mutex, held only for in-memory work (no I/O, no await).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use log::{debug, info, warn};
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use tokio::sync::{Notify, watch};
+
+use crate::catalog::routes::{HostPattern, RouteTable};
+use crate::catalog::{BackendPlan, Catalog, Probe, ServicePlan};
+use crate::config::{HealthPolicy, ProxyPolicy};
+use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
+
+/// What active health checking says about one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeStatus {
+    /// No probe has passed yet: no traffic (pingora would start it healthy; hawser does not).
+    Starting,
+    Ready,
+    Unhealthy,
+}
+
+/// One backend to probe. Its key is (container, address): a new address starts over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeTarget {
+    pub container_id: String,
+    pub container_name: String,
+    pub service: String,
+    pub addr: SocketAddr,
+    pub probe: Probe,
+    pub policy: HealthPolicy,
+    /// Host header for HTTP probes: the service's first exact host, else the address.
+    pub host: String,
+}
+
+pub type ProbeKey = (String, SocketAddr);
+
+impl ProbeTarget {
+    pub fn key(&self) -> ProbeKey {
+        (self.container_id.clone(), self.addr)
+    }
+}
+
+/// Why a service's backends changed: logged with the time it took to go live.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub what: String,
+    /// The Docker event's `timeNano`, when a Docker event caused it.
+    pub event_nanos: Option<i64>,
+}
+
+/// A live service: what the proxy needs per request.
+pub struct Service {
+    pub name: String,
+    pub lb: LoadBalancer<RoundRobin>,
+    pub proxy: ProxyPolicy,
+    snapshot: Arc<Mutex<Arc<Snapshot>>>,
+    wake: Notify,
+    pending: Mutex<Option<Cause>>,
+    closed: AtomicBool,
+}
+
+impl Service {
+    fn new(plan: &ServicePlan) -> Arc<Service> {
+        let snapshot = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
+        let discovery = SnapshotDiscovery::new(Arc::clone(&snapshot));
+        let lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
+        let svc = Arc::new(Service {
+            name: plan.name.clone(),
+            lb,
+            proxy: plan.proxy.clone(),
+            snapshot,
+            wake: Notify::new(),
+            pending: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(run_updates(Arc::clone(&svc)));
+        svc
+    }
+
+    /// Stores a new snapshot and wakes the updater, if anything changed.
+    fn publish(&self, next: Snapshot, cause: &Cause) {
+        {
+            let mut current = self.snapshot.lock().expect("snapshot lock");
+            if **current == next {
+                return;
+            }
+            *current = Arc::new(next);
+        }
+        let mut pending = self.pending.lock().expect("pending lock");
+        // Several changes before the updater runs: report the oldest event's delay.
+        match pending.as_mut() {
+            Some(p) if p.event_nanos.is_some() => {}
+            _ => *pending = Some(cause.clone()),
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.lock().expect("snapshot lock"))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// The one updater of a service's load balancer.
+async fn run_updates(svc: Arc<Service>) {
+    loop {
+        svc.wake.notified().await;
+        if svc.closed.load(Ordering::Acquire) {
+            debug!("service {}: updater stopped", svc.name);
+            return;
+        }
+        let cause = svc.pending.lock().expect("pending lock").take();
+        let started = Instant::now();
+        if let Err(e) = svc.lb.update().await {
+            warn!("service {}: load balancer update failed: {e}", svc.name);
+            continue;
+        }
+        let snapshot = svc.snapshot();
+        let (total, ready) = (snapshot.backends.len(), snapshot.ready_count());
+        let Some(cause) = cause else { continue };
+        match cause.event_nanos {
+            Some(event) => {
+                let delay_ms = (unix_nanos() - event) as f64 / 1e6;
+                info!(
+                    "service {}: selector live {delay_ms:.1} ms after Docker event ({}); {ready}/{total} backends ready",
+                    svc.name, cause.what
+                );
+            }
+            None => info!(
+                "service {}: selector live in {:.1} ms ({}); {ready}/{total} backends ready",
+                svc.name,
+                started.elapsed().as_secs_f64() * 1e3,
+                cause.what
+            ),
+        }
+    }
+}
+
+pub fn unix_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+struct State {
+    services: HashMap<String, Arc<Service>>,
+    catalog: Catalog,
+    probes: HashMap<ProbeKey, ProbeStatus>,
+    /// For each probe target, the Docker event that made it appear (for the ready log).
+    appeared: HashMap<ProbeKey, Cause>,
+}
+
+/// The shared runtime. Docker discovery writes to it; the proxy and health checks read it.
+pub struct Runtime {
+    routes: ArcSwap<RouteTable<Arc<Service>>>,
+    state: Mutex<State>,
+    probe_targets: watch::Sender<Arc<Vec<ProbeTarget>>>,
+    docker_connected: AtomicBool,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            state: Mutex::new(State {
+                services: HashMap::new(),
+                catalog: Catalog::default(),
+                probes: HashMap::new(),
+                appeared: HashMap::new(),
+            }),
+            probe_targets: watch::channel(Arc::new(Vec::new())).0,
+            docker_connected: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new() -> Arc<Runtime> {
+        Arc::new(Runtime::default())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("runtime state lock")
+    }
+
+    /// The service for a request, if any route matches. `host` must be normalised.
+    pub fn route(&self, host: &str, path: &str) -> Option<Arc<Service>> {
+        self.routes.load().lookup(host, path).cloned()
+    }
+
+    /// The health checker follows this.
+    pub fn probe_targets(&self) -> watch::Receiver<Arc<Vec<ProbeTarget>>> {
+        self.probe_targets.subscribe()
+    }
+
+    pub fn set_docker_connected(&self, connected: bool) {
+        self.docker_connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn docker_connected(&self) -> bool {
+        self.docker_connected.load(Ordering::Relaxed)
+    }
+
+    /// The catalog currently applied.
+    pub fn catalog(&self) -> Catalog {
+        self.state().catalog.clone()
+    }
+
+    /// Makes `catalog` live. Must run inside a tokio runtime (new services spawn their updater).
+    pub fn apply(&self, catalog: Catalog, cause: &Cause) {
+        let mut st = self.state();
+        let st = &mut *st;
+
+        // Verdict changes are what an operator wants in the log: say them once, when they change.
+        for (id, v) in &catalog.verdicts {
+            let before = st.catalog.verdicts.get(id);
+            if before != Some(v) {
+                match (&v.reason, v.routed) {
+                    (_, true) => info!(
+                        "container {}: routed to service {}",
+                        v.container_name,
+                        v.service.as_deref().unwrap_or("?")
+                    ),
+                    (Some(r), false) if before.is_some() || !r.starts_with("no ") => {
+                        warn!("container {}: not routed: {r}", v.container_name)
+                    }
+                    (Some(r), false) => debug!("container {}: not routed: {r}", v.container_name),
+                    (None, false) => {}
+                }
+            }
+        }
+
+        // Probe targets: every backend that is or will soon be able to serve.
+        let mut targets = Vec::new();
+        for plan in catalog.services.values() {
+            let host = plan
+                .routes
+                .iter()
+                .find_map(|r| match &r.host {
+                    HostPattern::Exact(h) => Some(h.clone()),
+                    _ => None,
+                });
+            for b in &plan.backends {
+                if b.gate.is_none_or(|g| g.probe_anyway()) {
+                    targets.push(ProbeTarget {
+                        container_id: b.container_id.clone(),
+                        container_name: b.container_name.clone(),
+                        service: plan.name.clone(),
+                        addr: b.addr,
+                        probe: b.probe.clone(),
+                        policy: plan.health.clone(),
+                        host: host.clone().unwrap_or_else(|| b.addr.to_string()),
+                    });
+                }
+            }
+        }
+        st.probes.retain(|k, _| targets.iter().any(|t| t.key() == *k));
+        st.appeared.retain(|k, _| targets.iter().any(|t| t.key() == *k));
+        for t in &targets {
+            st.probes.entry(t.key()).or_insert(ProbeStatus::Starting);
+            st.appeared.entry(t.key()).or_insert_with(|| cause.clone());
+        }
+
+        for plan in catalog.services.values() {
+            let svc = st.services.entry(plan.name.clone()).or_insert_with(|| Service::new(plan));
+            svc.publish(snapshot_of(&plan.backends, &st.probes), cause);
+        }
+        st.services.retain(|name, svc| {
+            let keep = catalog.services.contains_key(name);
+            if !keep {
+                info!("service {name}: removed (no container or configuration declares it)");
+                svc.close();
+            }
+            keep
+        });
+
+        let routes = RouteTable::build(catalog.services.values().flat_map(|plan| {
+            let svc = &st.services[&plan.name];
+            plan.routes.iter().map(move |r| (r.clone(), Arc::clone(svc)))
+        }));
+        self.routes.store(Arc::new(routes));
+        st.catalog = catalog;
+        // Only wakes the health checker when the set really changed.
+        self.probe_targets.send_if_modified(|current| {
+            if **current == targets {
+                false
+            } else {
+                *current = Arc::new(targets);
+                true
+            }
+        });
+    }
+
+    /// A health state change from the checker.
+    pub fn probe_changed(&self, target: &ProbeTarget, status: ProbeStatus) {
+        let mut st = self.state();
+        let key = target.key();
+        match st.probes.get_mut(&key) {
+            Some(s) if *s != status => *s = status,
+            // Unknown (removed meanwhile) or unchanged.
+            _ => return,
+        }
+        let appeared = st.appeared.get(&key).cloned();
+        let Some(plan) = st.catalog.services.get(&target.service) else { return };
+        let snapshot = snapshot_of(&plan.backends, &st.probes);
+        let Some(svc) = st.services.get(&target.service).cloned() else { return };
+        let what = format!("container {} {}", target.container_name, status_word(status));
+        // The first pass after a container appeared: report delay from the event that brought it.
+        let event_nanos = match (status, appeared) {
+            (ProbeStatus::Ready, Some(a)) => a.event_nanos,
+            _ => None,
+        };
+        match status {
+            ProbeStatus::Ready => info!("backend {} ({}) of service {}: ready", target.container_name, target.addr, target.service),
+            _ => warn!(
+                "backend {} ({}) of service {}: {} by {:?} check",
+                target.container_name,
+                target.addr,
+                target.service,
+                status_word(status),
+                target.probe
+            ),
+        }
+        if status == ProbeStatus::Ready {
+            st.appeared.remove(&key);
+        }
+        svc.publish(snapshot, &Cause { what, event_nanos });
+    }
+
+    /// Probe status of every current target (for views and tests).
+    pub fn probe_statuses(&self) -> BTreeMap<String, ProbeStatus> {
+        self.state().probes.iter().map(|((id, _), s)| (id.clone(), *s)).collect()
+    }
+}
+
+fn status_word(s: ProbeStatus) -> &'static str {
+    match s {
+        ProbeStatus::Starting => "starting",
+        ProbeStatus::Ready => "ready",
+        ProbeStatus::Unhealthy => "unhealthy",
+    }
+}
+
+/// Membership and enablement for one service: a backend is enabled only when Docker allows it
+/// and its active probe has passed.
+fn snapshot_of(backends: &[BackendPlan], probes: &HashMap<ProbeKey, ProbeStatus>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for b in backends {
+        let mut backend = Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr), weight: b.weight, ext: Default::default() };
+        backend.ext.insert(b.container_id.clone());
+        let ready = b.gate.is_none() && probes.get(&(b.container_id.clone(), b.addr)) == Some(&ProbeStatus::Ready);
+        snapshot.enabled.insert(backend_key(&backend), ready);
+        snapshot.backends.insert(backend);
+    }
+    snapshot
+}
