@@ -112,6 +112,32 @@ impl ProxyHttp for HawserProxy {
         matches!(e.etype(), ErrorType::HTTPStatus(_))
     }
 
+    /// An error after the request went out. pingora's loop would retry whatever this marks,
+    /// even after the client got response bytes, so hawser decides: only idempotent requests
+    /// whose body is still fully buffered, never once a response started, within the service's
+    /// retry budget, and (through `upstream_peer`) always on another backend.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        match &ctx.service {
+            Some(svc) if safe && ctx.retries < svc.proxy.retries => {
+                ctx.retries += 1;
+                e.set_retry(true);
+            }
+            _ => e.set_retry(false),
+        }
+        e
+    }
+
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         let Some(svc) = &ctx.service else { return e };
         if ctx.retries < svc.proxy.retries {
