@@ -24,7 +24,9 @@ use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::StreamExt;
 use log::{debug, info, warn};
 use pingora::server::ShutdownWatch;
+use pingora::services::ServiceReadyNotifier;
 use pingora::services::background::BackgroundService;
+use tokio::sync::oneshot;
 
 use crate::catalog::{Catalog, Container, DockerHealth, Environment, PublishedPort, RunState};
 use crate::config::Config;
@@ -35,6 +37,9 @@ const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At start, how long to let the first probes of the listed backends pass before accepting
+/// requests. Bounded so that one broken container cannot hold hawser back.
+const INITIAL_PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Follows the Docker engine and keeps the runtime's catalog current. A pingora background
 /// service: it starts after daemonisation and stops with the server.
@@ -66,12 +71,17 @@ impl DockerWatcher {
             .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
     }
 
-    async fn run(&self) {
+    /// Follows Docker forever. `first` is told when the first attempt has either synchronised
+    /// or failed: then hawser knows all it is going to know for now.
+    async fn run(&self, mut first: Option<oneshot::Sender<()>>) {
         let endpoint = self.endpoint();
         let mut cursor = Cursor { containers: BTreeMap::new(), env: Environment::default(), since_nanos: unix_nanos() };
         let mut backoff = BACKOFF_MIN;
         loop {
-            let result = self.session(&endpoint, &mut cursor, &mut backoff).await;
+            let result = self.session(&endpoint, &mut cursor, &mut backoff, &mut first).await;
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
             self.runtime.set_docker_connected(false);
             match result {
                 Ok(()) => warn!(
@@ -85,7 +95,13 @@ impl DockerWatcher {
     }
 
     /// One connection: subscribe, resynchronise from a full list, then follow events.
-    async fn session(&self, endpoint: &str, cursor: &mut Cursor, backoff: &mut Duration) -> Result<(), String> {
+    async fn session(
+        &self,
+        endpoint: &str,
+        cursor: &mut Cursor,
+        backoff: &mut Duration,
+        first: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(), String> {
         let docker = connect(endpoint)?
             .negotiate_version()
             .await
@@ -114,6 +130,9 @@ impl DockerWatcher {
             }
         );
         self.rebuild(cursor, &Cause { what: "resynchronised from a full list".into(), event_nanos: None });
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
 
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| format!("event stream broken: {e}"))?;
@@ -258,11 +277,24 @@ impl DockerWatcher {
     }
 }
 
+/// The proxy service depends on this one, so hawser accepts requests only once it knows the
+/// containers and their first probes had a chance to pass. That makes a start, and above all a
+/// zero-downtime upgrade (`-u`: the old process keeps accepting meanwhile), answer no request
+/// with a 404 or 503 that only reflects hawser not having looked yet.
 #[async_trait]
 impl BackgroundService for DockerWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
+        let (first_tx, first_rx) = oneshot::channel();
+        let runtime = Arc::clone(&self.runtime);
+        let announce = async move {
+            let _ = first_rx.await;
+            runtime.wait_initial_probes(INITIAL_PROBE_WAIT).await;
+            ready.notify_ready();
+            std::future::pending::<()>().await
+        };
         tokio::select! {
-            _ = self.run() => {}
+            _ = self.run(Some(first_tx)) => {}
+            _ = announce => {}
             _ = shutdown.changed() => info!("Docker watcher: shutting down"),
         }
     }

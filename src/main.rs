@@ -40,11 +40,13 @@ fn main() {
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }
-    server.add_service(proxy);
-    server.add_service(background_service(
+    let proxy = server.add_service(proxy);
+    let docker = server.add_service(background_service(
         "docker discovery",
         DockerWatcher::new(Arc::clone(&config), Arc::clone(&runtime)),
     ));
+    // Accept requests only once the containers are known (see DockerWatcher).
+    proxy.add_dependency(&docker);
     server.add_service(background_service("health checks", HealthChecks::new(runtime)));
     log::info!("hawser listening on {:?}", config.listen);
     server.run_forever();

@@ -346,6 +346,15 @@ impl Runtime {
         svc.publish(snapshot, &Cause { what, event_nanos });
     }
 
+    /// Waits until no current probe target is still waiting for its first result, at most
+    /// `limit`. Only used once, at start, so a short poll is simpler than a notification.
+    pub async fn wait_initial_probes(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && self.state().probes.values().any(|s| *s == ProbeStatus::Starting) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Probe status of every current target (for views and tests).
     pub fn probe_statuses(&self) -> BTreeMap<String, ProbeStatus> {
         self.state().probes.iter().map(|((id, _), s)| (id.clone(), *s)).collect()
