@@ -199,3 +199,24 @@ fn forwarded_headers_are_set_and_host_is_preserved() {
     assert!(has("x-forwarded-host: echo.test"), "{}", r.body);
     assert!(!head.contains("6.6.6.6"), "a client-supplied X-Forwarded-For must not pass:\n{}", r.body);
 }
+
+#[test]
+fn network_connect_and_disconnect_events_are_followed() {
+    let env = TestEnv::new("netconn");
+    let extra = env.extra_network("extra");
+    let c = env.run(
+        ContainerSpec::new("late-net").hawser("enable", "true").hawser("host", "net.test").hawser("network", &extra),
+    );
+    let h = env.hawser(&env.default_config());
+    // Not on the network its label names: skipped, and the log says why.
+    h.wait_log(&format!("container {}: not routed: label {}.network=", c.name, env.prefix), SECS_5);
+    assert_eq!(h.get("net.test", "/").unwrap().status, 404);
+
+    c.connect(&extra);
+    env.wait_routed(&h, "net.test", "/", &c, SECS_5);
+    let ip = c.ip(&extra);
+    assert!(h.log().contains(&format!("{ip}:80")), "should use the IP on {extra} ({ip}):\n{}", h.log());
+
+    c.disconnect(&extra);
+    wait_response("404 after leaving the network", h.addr, "net.test", "/", SECS_5, |r| r.status == 404);
+}
