@@ -264,16 +264,11 @@ impl DockerWatcher {
     /// Whether a container needs a full inspect: it carries our labels, or config may select it.
     fn may_route(&self, s: &ContainerSummary) -> bool {
         let prefix = format!("{}.", self.config.docker.label_prefix);
-        let empty = HashMap::new();
-        let labels = s.labels.as_ref().unwrap_or(&empty);
+        let labels: BTreeMap<String, String> = s.labels.clone().unwrap_or_default().into_iter().collect();
+        let image = s.image.as_deref().unwrap_or_default();
         self.config.docker.exposed_by_default
             || labels.keys().any(|k| k.starts_with(&prefix))
-            || self.config.services.values().any(|svc| {
-                svc.selector.as_ref().is_some_and(|sel| {
-                    let sorted: BTreeMap<String, String> = labels.clone().into_iter().collect();
-                    sel.matches(&sorted, s.image.as_deref().unwrap_or_default())
-                })
-            })
+            || self.config.services.values().any(|svc| svc.selector.as_ref().is_some_and(|sel| sel.matches(&labels, image)))
     }
 }
 

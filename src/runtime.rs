@@ -273,8 +273,9 @@ impl Runtime {
                 }
             }
         }
-        st.probes.retain(|k, _| targets.iter().any(|t| t.key() == *k));
-        st.appeared.retain(|k, _| targets.iter().any(|t| t.key() == *k));
+        let keys: std::collections::HashSet<ProbeKey> = targets.iter().map(ProbeTarget::key).collect();
+        st.probes.retain(|k, _| keys.contains(k));
+        st.appeared.retain(|k, _| keys.contains(k));
         for t in &targets {
             st.probes.entry(t.key()).or_insert(ProbeStatus::Starting);
             st.appeared.entry(t.key()).or_insert_with(|| cause.clone());
