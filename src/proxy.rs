@@ -86,6 +86,7 @@ impl ProxyHttp for HawserProxy {
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
+        peer.options.read_timeout = Some(svc.proxy.read_timeout);
         Ok(Box::new(peer))
     }
 

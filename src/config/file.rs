@@ -56,6 +56,7 @@ pub struct ServiceSection {
     pub selector: Option<SelectorSection>,
     pub health_check: Option<HealthCheckSection>,
     pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
     pub retries: Option<u32>,
 }
 
@@ -90,6 +91,7 @@ pub enum CheckKind {
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
     pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
     pub retries: Option<u32>,
 }
 

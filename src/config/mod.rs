@@ -113,13 +113,16 @@ impl Default for HealthPolicy {
 pub struct ProxyPolicy {
     /// Short by default: a dead container's IP times out instead of refusing.
     pub connect_timeout: Duration,
+    /// Longest wait for the upstream between two reads. pingora has none by default, so a
+    /// backend whose IP vanished (network disconnect) would hold a request forever.
+    pub read_timeout: Duration,
     /// Connect failures retried on another backend of the service.
     pub retries: u32,
 }
 
 impl Default for ProxyPolicy {
     fn default() -> Self {
-        ProxyPolicy { connect_timeout: Duration::from_secs(1), retries: 2 }
+        ProxyPolicy { connect_timeout: Duration::from_secs(1), read_timeout: Duration::from_secs(60), retries: 2 }
     }
 }
 
@@ -233,9 +236,11 @@ impl Loaded {
         };
 
         let health = merge_health(&HealthPolicy::default(), &f.health_check);
+        let defaults = ProxyPolicy::default();
         let proxy = ProxyPolicy {
-            connect_timeout: f.proxy.connect_timeout.map_or(ProxyPolicy::default().connect_timeout, |d| d.0),
-            retries: f.proxy.retries.unwrap_or(ProxyPolicy::default().retries),
+            connect_timeout: f.proxy.connect_timeout.map_or(defaults.connect_timeout, |d| d.0),
+            read_timeout: f.proxy.read_timeout.map_or(defaults.read_timeout, |d| d.0),
+            retries: f.proxy.retries.unwrap_or(defaults.retries),
         };
 
         let mut services = BTreeMap::new();
@@ -288,6 +293,7 @@ impl Loaded {
                 health: s.health_check.as_ref().map_or_else(|| health.clone(), |h| merge_health(&health, h)),
                 proxy: ProxyPolicy {
                     connect_timeout: s.connect_timeout.map_or(proxy.connect_timeout, |d| d.0),
+                    read_timeout: s.read_timeout.map_or(proxy.read_timeout, |d| d.0),
                     retries: s.retries.unwrap_or(proxy.retries),
                 },
             };
@@ -359,7 +365,7 @@ mod tests {
 listen: ["127.0.0.1:9000"]
 docker: { endpoint: "unix:///tmp/d.sock", label_prefix: edge, network: web, exposed_by_default: true, address: published }
 health_check: { type: http, path: /healthz, interval: 500ms, rise: 1 }
-proxy: { connect_timeout: 300ms, retries: 1 }
+proxy: { connect_timeout: 300ms, read_timeout: 30s, retries: 1 }
 services:
   api:
     hosts: [api.example.com, "*.api.example.com"]
@@ -383,6 +389,7 @@ pingora:
         assert_eq!(api.health.interval, Duration::from_millis(500));
         assert_eq!(api.proxy.retries, 0);
         assert_eq!(api.proxy.connect_timeout, Duration::from_millis(300));
+        assert_eq!(api.proxy.read_timeout, Duration::from_secs(30));
         let sel = api.selector.as_ref().unwrap();
         assert_eq!(sel.label, Some(("app".into(), Some("api".into()))));
     }
