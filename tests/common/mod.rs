@@ -486,14 +486,14 @@ impl TestEnv {
         (text, addrs)
     }
 
-    /// Starts hawser with `RUST_LOG=debug` on the rendered template and waits (10 s)
+    /// Starts hawser with `RUST_LOG=info,hawser=debug` on the rendered template and waits (10 s)
     /// until its first listen address answers any HTTP response.
     pub fn hawser(&self, config_yaml: &str) -> Hawser {
         self.hawser_with_args(config_yaml, &[], &[])
     }
 
     /// Like [`TestEnv::hawser`], with extra command-line args (after `-c FILE`) and
-    /// environment (which overrides `RUST_LOG=debug`).
+    /// environment (which overrides that `RUST_LOG`).
     pub fn hawser_with_args(
         &self,
         config_yaml: &str,
@@ -519,7 +519,8 @@ impl TestEnv {
         let log2 = log.try_clone().expect("clone log handle");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hawser"));
         cmd.arg("-c").arg(&config_path).args(args);
-        cmd.env("RUST_LOG", "debug");
+        // hawser at debug; its libraries at info (bollard would dump every API body).
+        cmd.env("RUST_LOG", "info,hawser=debug");
         for (k, v) in envs {
             cmd.env(k, v);
         }
