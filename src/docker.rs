@@ -214,6 +214,30 @@ impl DockerWatcher {
                 c.health = health;
             }
             "create" | "start" | "restart" | "rename" | "update" | "connect" | "disconnect" => {
+                // Container events carry the labels (and image, name) as attributes: a
+                // container that can never be routed is recorded from them, without asking
+                // Docker for more. On a busy engine an inspect per start is what slows events.
+                let known = cursor.containers.get(&id).map(|c| self.may_route(&c.labels, &c.image));
+                let from_event = (event.typ == Some(EventMessageTypeEnum::CONTAINER))
+                    .then(|| attrs.cloned().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>());
+                let by_event = from_event.as_ref().map(|a| self.may_route(a, attr("image").unwrap_or_default()));
+                if known != Some(true) && by_event != Some(true) && (known.is_some() || by_event.is_some()) {
+                    let c = cursor.containers.entry(id.clone()).or_insert_with(|| {
+                        let mut labels = from_event.clone().unwrap_or_default();
+                        labels.remove("name");
+                        labels.remove("image");
+                        Container::unrouted(id.clone(), attr("name").unwrap_or_default(), attr("image").unwrap_or_default(), labels)
+                    });
+                    if let Some(name) = attr("name").filter(|_| from_event.is_some()) {
+                        c.name = name.to_string();
+                    }
+                    c.state = match action {
+                        "create" => RunState::Created,
+                        "start" | "restart" => RunState::Running,
+                        _ => c.state,
+                    };
+                    return Some(cause);
+                }
                 match docker.inspect_container(&id, None).await {
                     Ok(inspected) => match container_from_inspect(inspected) {
                         Some(c) => {
@@ -244,7 +268,8 @@ impl DockerWatcher {
         let mut containers = BTreeMap::new();
         for s in summaries {
             let Some(id) = s.id.clone() else { continue };
-            let container = if self.may_route(&s) {
+            let labels: BTreeMap<String, String> = s.labels.clone().unwrap_or_default().into_iter().collect();
+            let container = if self.may_route(&labels, s.image.as_deref().unwrap_or_default()) {
                 match docker.inspect_container(&id, None).await {
                     Ok(inspected) => container_from_inspect(inspected),
                     // Removed between list and inspect.
@@ -261,11 +286,10 @@ impl DockerWatcher {
         Ok(containers)
     }
 
-    /// Whether a container needs a full inspect: it carries our labels, or config may select it.
-    fn may_route(&self, s: &ContainerSummary) -> bool {
+    /// Whether a container can matter to routing, and so is worth a full inspect: it carries a
+    /// label under our prefix, or exposed_by_default is on, or a YAML selector matches it.
+    fn may_route(&self, labels: &BTreeMap<String, String>, image: &str) -> bool {
         let prefix = format!("{}.", self.config.docker.label_prefix);
-        let labels: BTreeMap<String, String> = s.labels.clone().unwrap_or_default().into_iter().collect();
-        let image = s.image.as_deref().unwrap_or_default();
         self.config.docker.exposed_by_default
             || labels.keys().any(|k| k.starts_with(&prefix))
             || self.config.services.values().any(|svc| svc.selector.as_ref().is_some_and(|sel| sel.matches(&labels, image)))
@@ -345,13 +369,17 @@ fn short(id: &str) -> &str {
 }
 
 fn container_from_summary(s: ContainerSummary) -> Container {
-    Container {
-        id: s.id.unwrap_or_default(),
-        name: s.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
-        image: s.image.unwrap_or_default(),
-        created: s.created.unwrap_or_default(),
-        labels: s.labels.unwrap_or_default().into_iter().collect(),
-        state: match s.state {
+    let name = s.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
+    let labels = s.labels.unwrap_or_default().into_iter().collect();
+    let mut c = Container::unrouted(
+        s.id.unwrap_or_default(),
+        name.trim_start_matches('/'),
+        s.image.as_deref().unwrap_or_default(),
+        labels,
+    );
+    c.created = s.created.unwrap_or_default();
+    c.network_mode = s.host_config.and_then(|h| h.network_mode).unwrap_or_default();
+    c.state = match s.state {
             Some(ContainerSummaryStateEnum::RUNNING) => RunState::Running,
             Some(ContainerSummaryStateEnum::PAUSED) => RunState::Paused,
             Some(ContainerSummaryStateEnum::RESTARTING) => RunState::Restarting,
@@ -359,15 +387,8 @@ fn container_from_summary(s: ContainerSummary) -> Container {
             Some(ContainerSummaryStateEnum::DEAD) => RunState::Dead,
             Some(ContainerSummaryStateEnum::REMOVING) => RunState::Removing,
             _ => RunState::Exited,
-        },
-        leaving: false,
-        health: DockerHealth::None,
-        network_mode: s.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
-        networks: BTreeMap::new(),
-        exposed_tcp: Vec::new(),
-        published: Vec::new(),
-        stop_timeout: None,
-    }
+    };
+    c
 }
 
 /// Converts an inspect response. `None` when it lacks an id (never seen in practice).

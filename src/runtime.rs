@@ -240,10 +240,14 @@ impl Runtime {
                         v.container_name,
                         v.service.as_deref().unwrap_or("?")
                     ),
-                    (Some(r), false) if before.is_some() || !r.starts_with("no ") => {
-                        warn!("container {}: not routed: {r}", v.container_name)
+                    // A state ("container is created", "… exited") is no fault: info. A missing
+                    // opt-in is the normal case for most containers: debug. The rest needs a
+                    // user's attention: warn.
+                    (Some(r), false) if r.starts_with("container is ") => {
+                        info!("container {}: not routed: {r}", v.container_name)
                     }
-                    (Some(r), false) => debug!("container {}: not routed: {r}", v.container_name),
+                    (Some(r), false) if r.starts_with("no ") => debug!("container {}: not routed: {r}", v.container_name),
+                    (Some(r), false) => warn!("container {}: not routed: {r}", v.container_name),
                     (None, false) => {}
                 }
             }

@@ -28,6 +28,28 @@ pub struct Container {
     pub stop_timeout: Option<Duration>,
 }
 
+impl Container {
+    /// A container known only by name, image and labels: enough to say why it is not routed.
+    /// (Docker is asked for more only about containers that may be routed.)
+    pub fn unrouted(id: impl Into<String>, name: &str, image: &str, labels: BTreeMap<String, String>) -> Container {
+        Container {
+            id: id.into(),
+            name: name.to_string(),
+            image: image.to_string(),
+            created: 0,
+            labels,
+            state: RunState::Created,
+            leaving: false,
+            health: DockerHealth::None,
+            network_mode: String::new(),
+            networks: BTreeMap::new(),
+            exposed_tcp: Vec::new(),
+            published: Vec::new(),
+            stop_timeout: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
     Created,
