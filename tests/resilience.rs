@@ -26,53 +26,6 @@ use common::*;
 // local helpers
 // ---------------------------------------------------------------------------
 
-/// A routed backend: `<prefix>.enable=true`, `host`, `service`.
-fn web(env: &TestEnv, suffix: &str, host: &str, service: &str) -> Container {
-    env.run(
-        ContainerSpec::new(suffix)
-            .hawser("enable", "true")
-            .hawser("host", host)
-            .hawser("service", service),
-    )
-}
-
-/// `n` sequential GETs through hawser; backend name → count. Panics (with hawser's log) on an
-/// error or any status other than 200.
-fn shares(h: &Hawser, host: &str, n: usize) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for i in 0..n {
-        let r = h
-            .get(host, "/")
-            .unwrap_or_else(|e| panic!("{host} request {i}/{n}: {e}\nhawser log:\n{}", h.log()));
-        assert_eq!(
-            r.status,
-            200,
-            "{host} request {i}/{n}: status {} backend {:?} body {:?}\nhawser log:\n{}",
-            r.status,
-            r.backend(),
-            r.body,
-            h.log()
-        );
-        *counts
-            .entry(r.backend().unwrap_or("<no X-Backend>").to_string())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Asserts that `n` sequential GETs all answer 200 from `only`.
-fn assert_only(h: &Hawser, host: &str, n: usize, only: &Container, why: &str) {
-    let counts = shares(h, host, n);
-    let want: BTreeMap<String, usize> = [(only.name.clone(), n)].into();
-    assert_eq!(
-        counts,
-        want,
-        "{why}: all {n} requests for {host} should go to {}\nhawser log:\n{}",
-        only.name,
-        h.log()
-    );
-}
-
 /// Waits until hawser's log says the service's selector went live after the Docker event
 /// `what` (e.g. "pause <container name>"): from then on, requests use the new backend set.
 fn wait_applied(h: &Hawser, what: &str, timeout: Duration) {
@@ -91,19 +44,6 @@ fn wait_applied(h: &Hawser, what: &str, timeout: Duration) {
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A GET sent straight to the container (not through hawser), e.g. `/_ctl/unhealthy`.
-fn direct(c: &Container, path: &str) -> Response {
-    let addr = c.addr(80);
-    let r = get(addr, "direct.test", path)
-        .unwrap_or_else(|e| panic!("GET {path} directly on {} ({addr}): {e}", c.name));
-    assert_eq!(
-        r.status, 200,
-        "GET {path} directly on {}: {:?}",
-        c.name, r.body
-    );
-    r
 }
 
 /// Number of log lines saying hawser (re)connected to Docker at `endpoint`

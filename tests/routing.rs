@@ -8,21 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `n` sequential GETs; backend name → count. Panics on any non-200.
-fn shares(h: &Hawser, host: &str, n: usize) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for i in 0..n {
-        let r = h.get(host, "/").unwrap_or_else(|e| panic!("request {i}: {e}\n{}", h.log()));
-        assert_eq!(r.status, 200, "request {i}: {}\n{}", r.body, h.log());
-        *counts.entry(r.backend().unwrap_or("?").to_string()).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn web(env: &TestEnv, suffix: &str, host: &str, service: &str) -> Container {
-    env.run(ContainerSpec::new(suffix).hawser("enable", "true").hawser("host", host).hawser("service", service))
-}
-
 #[test]
 fn round_robin_gives_exactly_equal_shares() {
     let env = TestEnv::new("rr-equal");

@@ -1334,3 +1334,67 @@ pub fn wait_response(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Shared test vocabulary
+// ---------------------------------------------------------------------------
+
+/// A routed backend: `<prefix>.enable=true`, `host`, `service`.
+pub fn web(env: &TestEnv, suffix: &str, host: &str, service: &str) -> Container {
+    env.run(
+        ContainerSpec::new(suffix)
+            .hawser("enable", "true")
+            .hawser("host", host)
+            .hawser("service", service),
+    )
+}
+
+/// `n` sequential GETs through hawser; backend name → count. Panics (with hawser's log) on an
+/// error or any status other than 200.
+pub fn shares(h: &Hawser, host: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let r = h
+            .get(host, "/")
+            .unwrap_or_else(|e| panic!("{host} request {i}/{n}: {e}\nhawser log:\n{}", h.log()));
+        assert_eq!(
+            r.status,
+            200,
+            "{host} request {i}/{n}: status {} backend {:?} body {:?}\nhawser log:\n{}",
+            r.status,
+            r.backend(),
+            r.body,
+            h.log()
+        );
+        *counts
+            .entry(r.backend().unwrap_or("<no X-Backend>").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Asserts that `n` sequential GETs all answer 200 from `only`.
+pub fn assert_only(h: &Hawser, host: &str, n: usize, only: &Container, why: &str) {
+    let counts = shares(h, host, n);
+    let want: std::collections::BTreeMap<String, usize> = [(only.name.clone(), n)].into();
+    assert_eq!(
+        counts,
+        want,
+        "{why}: all {n} requests for {host} should go to {}\nhawser log:\n{}",
+        only.name,
+        h.log()
+    );
+}
+
+/// A GET sent straight to the container (not through hawser), e.g. `/_ctl/unhealthy`.
+pub fn direct(c: &Container, path: &str) -> Response {
+    let addr = c.addr(80);
+    let r = get(addr, "direct.test", path)
+        .unwrap_or_else(|e| panic!("GET {path} directly on {} ({addr}): {e}", c.name));
+    assert_eq!(
+        r.status, 200,
+        "GET {path} directly on {}: {:?}",
+        c.name, r.body
+    );
+    r
+}
