@@ -96,12 +96,12 @@ impl Drop for RemoveOnDrop {
 }
 
 #[test]
-fn sigterm_shuts_down_gracefully() {
+fn sigterm_shuts_down_gracefully_within_docker_stops_timeout() {
+    // Embedded defaults: the exit must fit in `docker stop`'s default 10 s.
     let env = TestEnv::new("sigterm");
-    let config = format!("{}pingora:\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n", env.default_config());
-    let mut h = env.hawser(&config);
+    let mut h = env.hawser(&env.default_config());
     h.signal(SIGTERM);
-    let status = h.wait_exit(SECS_10).expect("hawser must exit after SIGTERM");
+    let status = h.wait_exit(SECS_10).expect("hawser must exit within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}\n{}", h.log());
 }
 
@@ -173,4 +173,40 @@ fn zero_downtime_upgrade_hands_over_without_a_failed_request() {
         &failed[..failed.len().min(10)]
     );
     assert!(new_log.contains("Docker") && new_log.contains("connected"), "{new_log}");
+}
+
+#[test]
+fn daemon_mode_detaches_and_serves() {
+    /// Kills the daemon named by the pid file, also when the test panics.
+    struct Daemon(std::path::PathBuf);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let env = TestEnv::new("daemon");
+    let pid_file = tmp_dir().join(format!("{}.pid", env.id));
+    let error_log = tmp_dir().join(format!("{}.err", env.id));
+    let (config, addrs) = env.render(&format!(
+        "{}pingora:\n  pid_file: \"{}\"\n  error_log: \"{}\"\n",
+        env.default_config(),
+        pid_file.display(),
+        error_log.display()
+    ));
+    let config_path = tmp_dir().join(format!("{}.yaml", env.id));
+    std::fs::write(&config_path, config).unwrap();
+    let c = env.run(ContainerSpec::new("d").hawser("enable", "true").hawser("host", "daemon.test"));
+
+    let _daemon = Daemon(pid_file.clone());
+    let status = Command::new(env!("CARGO_BIN_EXE_hawser")).arg("-d").arg("-c").arg(&config_path).status().unwrap();
+    assert!(status.success(), "the foreground process exits 0 once it has daemonised");
+    let pid = wait_until("the daemon's pid file", SECS_10, || std::fs::read_to_string(&pid_file).ok().filter(|p| !p.trim().is_empty()));
+    assert!(std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "daemon {pid} is not running");
+    let r = wait_response("the daemon to route", addrs[0], "daemon.test", "/", SECS_10, |r| r.backend() == Some(c.name.as_str()));
+    assert_eq!(r.status, 200);
+    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+    assert!(log.contains("connected"), "the daemon logs to pingora.error_log:\n{log}");
 }

@@ -134,6 +134,11 @@ impl Default for Config {
     }
 }
 
+/// Seconds between SIGTERM and shutting down (in-flight requests may finish meanwhile).
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
+/// Seconds then allowed for pingora's runtimes to stop.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 3;
+
 /// A configuration as loaded: hawser's part and pingora's.
 pub struct Loaded {
     pub config: Config,
@@ -300,10 +305,13 @@ impl Loaded {
             services.insert(svc_name, svc);
         }
 
-        Ok(Loaded {
-            config: Config { listen, docker, services, health, proxy },
-            server: f.pingora.unwrap_or_default(),
-        })
+        let mut server = f.pingora.unwrap_or_default();
+        // pingora waits 300 s after SIGTERM (or an upgrade handover) before it exits. hawser's
+        // default fits `docker stop`'s 10 s, as Traefik's does; set values are kept.
+        server.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
+        server.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
+
+        Ok(Loaded { config: Config { listen, docker, services, health, proxy }, server })
     }
 }
 
@@ -399,6 +407,9 @@ pingora:
         let l = Loaded::from_yaml("pingora:\n  threads: 3\n  grace_period_seconds: 1\n", "t.yaml").unwrap();
         assert_eq!(l.server.threads, 3);
         assert_eq!(l.server.grace_period_seconds, Some(1));
+        assert_eq!(l.server.graceful_shutdown_timeout_seconds, Some(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS));
+        let l = Loaded::from_yaml("", "t.yaml").unwrap();
+        assert_eq!(l.server.grace_period_seconds, Some(DEFAULT_GRACE_PERIOD_SECONDS));
     }
 
     #[test]
