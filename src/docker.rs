@@ -17,8 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum, EventMessage,
-    EventMessageTypeEnum, HealthStatusEnum,
+    ContainerInspectResponse, ContainerSummary, EventMessage, EventMessageTypeEnum, HealthStatusEnum,
 };
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::StreamExt;
@@ -379,15 +378,7 @@ fn container_from_summary(s: ContainerSummary) -> Container {
     );
     c.created = s.created.unwrap_or_default();
     c.network_mode = s.host_config.and_then(|h| h.network_mode).unwrap_or_default();
-    c.state = match s.state {
-            Some(ContainerSummaryStateEnum::RUNNING) => RunState::Running,
-            Some(ContainerSummaryStateEnum::PAUSED) => RunState::Paused,
-            Some(ContainerSummaryStateEnum::RESTARTING) => RunState::Restarting,
-            Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
-            Some(ContainerSummaryStateEnum::DEAD) => RunState::Dead,
-            Some(ContainerSummaryStateEnum::REMOVING) => RunState::Removing,
-            _ => RunState::Exited,
-    };
+    c.state = s.state.as_ref().map_or(RunState::Exited, |st| RunState::from_docker(st.as_ref()));
     c
 }
 
@@ -430,15 +421,7 @@ pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> 
         image: config.image.unwrap_or_default(),
         created: c.created.as_deref().and_then(parse_rfc3339_seconds).unwrap_or_default(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
-        state: match state.status {
-            Some(ContainerStateStatusEnum::RUNNING) => RunState::Running,
-            Some(ContainerStateStatusEnum::PAUSED) => RunState::Paused,
-            Some(ContainerStateStatusEnum::RESTARTING) => RunState::Restarting,
-            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
-            Some(ContainerStateStatusEnum::DEAD) => RunState::Dead,
-            Some(ContainerStateStatusEnum::REMOVING) => RunState::Removing,
-            _ => RunState::Exited,
-        },
+        state: state.status.as_ref().map_or(RunState::Exited, |st| RunState::from_docker(st.as_ref())),
         leaving: false,
         health: match state.health.and_then(|h| h.status) {
             Some(HealthStatusEnum::STARTING) => DockerHealth::Starting,

@@ -67,6 +67,20 @@ impl RunState {
         matches!(self, RunState::Running | RunState::Paused | RunState::Restarting)
     }
 
+    /// From Docker's state word (`running`, `paused`, …), as both the list and the inspect
+    /// APIs write it. Anything unknown counts as exited: never routed.
+    pub fn from_docker(state: &str) -> RunState {
+        match state {
+            "created" => RunState::Created,
+            "running" => RunState::Running,
+            "paused" => RunState::Paused,
+            "restarting" => RunState::Restarting,
+            "dead" => RunState::Dead,
+            "removing" => RunState::Removing,
+            _ => RunState::Exited,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Created => "created",
@@ -95,6 +109,27 @@ pub struct PublishedPort {
     /// `None` or unspecified (`0.0.0.0`, `::`) means every host address.
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunState;
+
+    #[test]
+    fn docker_state_words_round_trip() {
+        for state in [
+            RunState::Created,
+            RunState::Running,
+            RunState::Paused,
+            RunState::Restarting,
+            RunState::Exited,
+            RunState::Dead,
+            RunState::Removing,
+        ] {
+            assert_eq!(RunState::from_docker(state.as_str()), state);
+        }
+        assert_eq!(RunState::from_docker("something new"), RunState::Exited);
+    }
 }
 
 #[cfg(test)]
