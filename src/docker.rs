@@ -27,7 +27,9 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
 
-use crate::catalog::{Catalog, Container, DockerHealth, Environment, PublishedPort, RunState};
+use crate::catalog::{
+    Catalog, Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, PublishedPort, RunState, signal_number,
+};
 use crate::config::Config;
 use crate::runtime::{Cause, Runtime, unix_nanos};
 
@@ -53,6 +55,8 @@ struct Cursor {
     env: Environment,
     /// Events at or after this time (ns since the epoch) have not been handled for sure.
     since_nanos: i64,
+    /// Draining containers → when their stop timeout passes.
+    drains: HashMap<String, tokio::time::Instant>,
 }
 
 impl DockerWatcher {
@@ -74,7 +78,12 @@ impl DockerWatcher {
     /// or failed: then hawser knows all it is going to know for now.
     async fn run(&self, mut first: Option<oneshot::Sender<()>>) {
         let endpoint = self.endpoint();
-        let mut cursor = Cursor { containers: BTreeMap::new(), env: Environment::default(), since_nanos: unix_nanos() };
+        let mut cursor = Cursor {
+            containers: BTreeMap::new(),
+            env: Environment::default(),
+            since_nanos: unix_nanos(),
+            drains: HashMap::new(),
+        };
         let mut backoff = BACKOFF_MIN;
         loop {
             let result = self.session(&endpoint, &mut cursor, &mut backoff, &mut first).await;
@@ -115,6 +124,8 @@ impl DockerWatcher {
         let listed_at = unix_nanos();
         cursor.env = own_environment(&docker).await;
         cursor.containers = self.list(&docker).await?;
+        // A fresh list knows nothing of stop signals: the replayed `kill` events restart drains.
+        cursor.drains.clear();
         cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
         self.runtime.set_docker_connected(true);
         *backoff = BACKOFF_MIN;
@@ -133,7 +144,18 @@ impl DockerWatcher {
             let _ = tx.send(());
         }
 
-        while let Some(event) = events.next().await {
+        loop {
+            let next_deadline = cursor.drains.values().min().copied();
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)), if next_deadline.is_some() => {
+                    if let Some(cause) = expire_drains(cursor) {
+                        self.rebuild(cursor, &cause);
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             let event = event.map_err(|e| format!("event stream broken: {e}"))?;
             let time = event.time_nano.unwrap_or_else(unix_nanos);
             if let Some(cause) = self.handle(&docker, cursor, &event).await {
@@ -170,28 +192,45 @@ impl DockerWatcher {
         }
         let name = cursor.containers.get(&id).map_or_else(|| short(&id).to_string(), |c| c.name.clone());
         let cause = Cause { what: format!("{action} {name}"), event_nanos: event.time_nano };
-        debug!("Docker event: {:?} {action} {name}", event.typ);
+        let signal = attr("signal").unwrap_or_default();
+        if action == "kill" {
+            debug!("Docker event: kill {name} (signal {signal})");
+        } else {
+            debug!("Docker event: {action} {name}");
+        }
+        // Its process ended or a new one started: whatever the stop signal began is over.
+        if matches!(action, "die" | "stop" | "destroy" | "start" | "restart") {
+            cursor.drains.remove(&id);
+        }
 
         match action {
             "kill" => {
-                // Only SIGTERM and SIGKILL mean "going away"; HUP, USR1 … are for the app.
-                let signal = attr("signal").unwrap_or_default();
-                if !matches!(signal, "15" | "9" | "SIGTERM" | "SIGKILL") {
-                    return None;
-                }
                 let c = cursor.containers.get_mut(&id)?;
-                if c.leaving || !c.state.is_up() {
+                let departure = signal_number(signal).and_then(|s| c.departure_for(s))?;
+                if !c.state.is_up() || c.departure == departure || c.departure == Departure::Killed {
                     return None;
                 }
-                c.leaving = true;
+                if departure == Departure::Draining {
+                    if c.departure != Departure::Staying {
+                        return None;
+                    }
+                    let timeout = c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+                    cursor.drains.insert(id.clone(), tokio::time::Instant::now() + timeout);
+                    info!(
+                        "container {name}: draining (signal {signal}): no new requests; removed when it exits or after its stop timeout ({timeout:?})"
+                    );
+                } else {
+                    cursor.drains.remove(&id);
+                }
+                c.departure = departure;
             }
-            "die" | "stop" | "oom" => {
+            "die" | "stop" => {
                 let c = cursor.containers.get_mut(&id)?;
-                if c.state == RunState::Exited && !c.leaving {
+                if c.state == RunState::Exited && c.departure == Departure::Staying {
                     return None;
                 }
                 c.state = RunState::Exited;
-                c.leaving = false;
+                c.departure = Departure::Staying;
                 c.networks.values_mut().for_each(|ip| *ip = None);
             }
             "destroy" => {
@@ -318,6 +357,27 @@ impl BackgroundService for DockerWatcher {
     }
 }
 
+/// Takes containers whose stop timeout passed while they still run out of their service.
+fn expire_drains(cursor: &mut Cursor) -> Option<Cause> {
+    let now = tokio::time::Instant::now();
+    let due: Vec<String> = cursor.drains.iter().filter(|(_, at)| **at <= now).map(|(id, _)| id.clone()).collect();
+    let mut names = Vec::new();
+    for id in due {
+        cursor.drains.remove(&id);
+        let Some(c) = cursor.containers.get_mut(&id) else { continue };
+        if c.departure == Departure::Draining && c.state.is_up() {
+            c.departure = Departure::Overdue;
+            info!(
+                "container {}: still running {:?} after its stop signal (its stop timeout): removed from its service",
+                c.name,
+                c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT)
+            );
+            names.push(c.name.clone());
+        }
+    }
+    (!names.is_empty()).then(|| Cause { what: format!("stop timeout of {}", names.join(", ")), event_nanos: None })
+}
+
 /// A client for `endpoint` (`unix://…`, `tcp://…`, `http://…`).
 pub fn connect(endpoint: &str) -> Result<Docker, String> {
     let result = if endpoint.starts_with("unix://") {
@@ -422,7 +482,7 @@ pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> 
         created: c.created.as_deref().and_then(parse_rfc3339_seconds).unwrap_or_default(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         state: state.status.as_ref().map_or(RunState::Exited, |st| RunState::from_docker(st.as_ref())),
-        leaving: false,
+        departure: Departure::Staying,
         health: match state.health.and_then(|h| h.status) {
             Some(HealthStatusEnum::STARTING) => DockerHealth::Starting,
             Some(HealthStatusEnum::HEALTHY) => DockerHealth::Healthy,
@@ -434,6 +494,7 @@ pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> 
         exposed_tcp,
         published,
         stop_timeout: config.stop_timeout.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
+        stop_signal: config.stop_signal.as_deref().and_then(signal_number),
         id,
     })
 }

@@ -15,8 +15,8 @@ pub struct Container {
     pub created: i64,
     pub labels: BTreeMap<String, String>,
     pub state: RunState,
-    /// A `kill` with SIGTERM or SIGKILL was seen while it still runs: it is going away.
-    pub leaving: bool,
+    /// Whether it is going away, from Docker's `kill` events while it still runs.
+    pub departure: Departure,
     pub health: DockerHealth,
     /// `HostConfig.NetworkMode`: `bridge`, `host`, `none`, `container:<id>` or a network name.
     pub network_mode: String,
@@ -25,7 +25,11 @@ pub struct Container {
     /// Exposed TCP ports (from the image and `--expose`), sorted.
     pub exposed_tcp: Vec<u16>,
     pub published: Vec<PublishedPort>,
+    /// `Config.StopTimeout`: how long `docker stop` waits before SIGKILL (Docker's default when
+    /// unset is 10 s).
     pub stop_timeout: Option<Duration>,
+    /// `Config.StopSignal` as a number, when the image or `--stop-signal` sets one.
+    pub stop_signal: Option<i32>,
 }
 
 impl Container {
@@ -39,15 +43,68 @@ impl Container {
             created: 0,
             labels,
             state: RunState::Created,
-            leaving: false,
+            departure: Departure::Staying,
             health: DockerHealth::None,
             network_mode: String::new(),
             networks: BTreeMap::new(),
             exposed_tcp: Vec::new(),
             published: Vec::new(),
             stop_timeout: None,
+            stop_signal: None,
         }
     }
+}
+
+/// Docker's default stop timeout, used when a container sets none.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+/// How far a running container is in going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    Staying,
+    /// Got its stop signal: no new requests; those in flight finish. Lasts until it exits or
+    /// its stop timeout passes.
+    Draining,
+    /// Still running when its stop timeout passed: out of its service.
+    Overdue,
+    /// Got SIGKILL: out at once.
+    Killed,
+}
+
+impl Container {
+    /// Whether signal `signal` (a number) tells this container to go away: SIGTERM, its own
+    /// stop signal (e.g. SIGQUIT for nginx images), or SIGKILL. HUP, USR1 … are for the app.
+    pub fn departure_for(&self, signal: i32) -> Option<Departure> {
+        match signal {
+            SIGKILL => Some(Departure::Killed),
+            s if s == SIGTERM || Some(s) == self.stop_signal => Some(Departure::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// A signal as Docker writes it (`15`, `SIGTERM`, `TERM`) → its number on Linux.
+pub fn signal_number(raw: &str) -> Option<i32> {
+    let raw = raw.trim();
+    if let Ok(n) = raw.parse::<i32>() {
+        return Some(n);
+    }
+    let name = raw.strip_prefix("SIG").unwrap_or(raw);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => SIGKILL,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => SIGTERM,
+        "WINCH" => 28,
+        "PWR" => 30,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +170,7 @@ pub struct PublishedPort {
 
 #[cfg(test)]
 mod tests {
-    use super::RunState;
+    use super::*;
 
     #[test]
     fn docker_state_words_round_trip() {
@@ -130,6 +187,21 @@ mod tests {
         }
         assert_eq!(RunState::from_docker("something new"), RunState::Exited);
     }
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(signal_number("15"), Some(15));
+        assert_eq!(signal_number("SIGQUIT"), Some(3));
+        assert_eq!(signal_number("KILL"), Some(9));
+        assert_eq!(signal_number("SIGRTMIN+3"), None);
+        let mut c = Container::sample("c", "10.0.0.2");
+        assert_eq!(c.departure_for(15), Some(Departure::Draining));
+        assert_eq!(c.departure_for(9), Some(Departure::Killed));
+        assert_eq!(c.departure_for(1), None);
+        assert_eq!(c.departure_for(3), None);
+        c.stop_signal = Some(3);
+        assert_eq!(c.departure_for(3), Some(Departure::Draining));
+    }
 }
 
 #[cfg(test)]
@@ -143,13 +215,14 @@ impl Container {
             created: 1,
             labels: BTreeMap::new(),
             state: RunState::Running,
-            leaving: false,
+            departure: Departure::Staying,
             health: DockerHealth::None,
             network_mode: "net".into(),
             networks: [("net".to_string(), Some(ip.parse().unwrap()))].into(),
             exposed_tcp: vec![80],
             published: Vec::new(),
             stop_timeout: None,
+            stop_signal: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use address::Environment;
-pub use container::{Container, DockerHealth, PublishedPort, RunState};
+pub use container::{Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, PublishedPort, RunState, signal_number};
 pub use labels::{Labels, validate_service_name};
 use routes::{HostPattern, RouteKey};
 
@@ -57,8 +57,8 @@ pub struct BackendPlan {
 /// Docker's reasons to send a running backend no traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
-    /// `kill` with SIGTERM/SIGKILL seen: the container is going away.
-    Stopping,
+    /// Got its stop signal: no new requests, those in flight finish.
+    Draining,
     Paused,
     Restarting,
     /// HEALTHCHECK has not passed yet.
@@ -76,7 +76,7 @@ impl Gate {
 impl std::fmt::Display for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Gate::Stopping => "stopping",
+            Gate::Draining => "draining: got its stop signal",
             Gate::Paused => "paused",
             Gate::Restarting => "restarting",
             Gate::DockerStarting => "Docker health: starting",
@@ -214,6 +214,20 @@ impl Catalog {
                 catalog.refuse(c, Some(&cand.service), reason);
                 continue;
             }
+            // Past draining: out of the service, though the process may still run.
+            match c.departure {
+                Departure::Killed => {
+                    catalog.refuse(c, Some(&cand.service), "container is being killed (SIGKILL)".into());
+                    continue;
+                }
+                Departure::Overdue => {
+                    let timeout = c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+                    let reason = format!("container is still running {timeout:?} after its stop signal (its stop timeout)");
+                    catalog.refuse(c, Some(&cand.service), reason);
+                    continue;
+                }
+                Departure::Staying | Departure::Draining => {}
+            }
             let gate = docker_gate(c);
             plan.backends.push(BackendPlan {
                 container_id: c.id.clone(),
@@ -320,8 +334,8 @@ fn label_routes(labels: &Labels) -> Vec<RouteKey> {
 
 /// Docker's own word on whether a running container may get traffic.
 fn docker_gate(c: &Container) -> Option<Gate> {
-    if c.leaving {
-        return Some(Gate::Stopping);
+    if c.departure == Departure::Draining {
+        return Some(Gate::Draining);
     }
     match c.state {
         RunState::Paused => return Some(Gate::Paused),
@@ -458,10 +472,17 @@ mod tests {
         assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::DockerStarting));
         assert!(!cat.verdicts["w1-id"].routed);
         c.health = DockerHealth::Healthy;
-        c.leaving = true;
+        c.departure = Departure::Draining;
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
-        assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Stopping));
-        c.leaving = false;
+        assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Draining));
+        // Killed, or still running past its stop timeout: no longer a backend at all.
+        for (departure, why) in [(Departure::Killed, "SIGKILL"), (Departure::Overdue, "stop timeout")] {
+            c.departure = departure;
+            let cat = Catalog::build(&config(""), [&c], &Environment::default());
+            assert!(cat.services["web"].backends.is_empty());
+            assert!(reason(&cat, "w1-id").contains(why), "{}", reason(&cat, "w1-id"));
+        }
+        c.departure = Departure::Staying;
         c.state = RunState::Paused;
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
         assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Paused));
