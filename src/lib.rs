@@ -3,7 +3,8 @@
 //! Data flow, one module per step:
 //! [`docker`] (events, inspect) → [`catalog`] (pure: containers × config → services, routes,
 //! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
-//! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`).
+//! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`), whose evidence
+//! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime.
 //! [`config`] reads the YAML file into the model all of them use.
 
 pub mod catalog;
@@ -11,5 +12,6 @@ pub mod config;
 pub mod discovery;
 pub mod docker;
 pub mod health;
+pub mod passive;
 pub mod proxy;
 pub mod runtime;

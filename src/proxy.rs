@@ -1,18 +1,28 @@
-//! The request path: Host + path → service → backend, with hawser's own 404/503 answers and
-//! connect-failure retries on a different backend.
+//! The request path: Host + path → service → backend, with hawser's own 404/503 answers,
+//! retries on a different backend where they are safe, and the evidence (connect failures,
+//! gateway errors) that passive ejection runs on.
+//!
+//! Retry rules, in the order they are checked:
+//! - never once any response byte went to the client, and never when the request body was
+//!   too large to keep for a replay;
+//! - a failure before the request reached the upstream (connect refused or timed out, or a
+//!   reused pooled connection found closed) is retried for every method;
+//! - a failure after the request was sent is retried only for idempotent methods;
+//! - at most `retries` per request, and only while the service's retry budget allows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use log::warn;
+use log::{debug, warn};
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::catalog::routes::normalize_host;
+use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
 
 /// Bound on candidates looked at per selection: enough to walk past every disabled entry of a
@@ -38,6 +48,33 @@ pub struct RequestCtx {
     /// Backends already tried for this request: a retry goes elsewhere.
     tried: Vec<SocketAddr>,
     retries: u32,
+    /// The backend of the current attempt.
+    backend: Option<Arc<BackendLive>>,
+}
+
+impl HawserProxy {
+    /// Whether this request may take one more retry: within its own limit and the service's
+    /// budget. Counts the retry when it may.
+    fn take_retry(&self, ctx: &mut RequestCtx) -> bool {
+        let Some(svc) = &ctx.service else { return false };
+        if ctx.retries >= svc.proxy.retries {
+            return false;
+        }
+        if !svc.retry_budget.withdraw() {
+            if svc.retry_budget.should_warn() {
+                warn!("service {}: retry budget exhausted: failed requests are not retried for now", svc.name);
+            }
+            return false;
+        }
+        ctx.retries += 1;
+        true
+    }
+
+    fn backend_failed(&self, ctx: &RequestCtx) {
+        if let (Some(svc), Some(live)) = (&ctx.service, &ctx.backend) {
+            self.runtime.backend_failed(svc, live);
+        }
+    }
 }
 
 #[async_trait]
@@ -60,6 +97,7 @@ impl ProxyHttp for HawserProxy {
         let path = req.uri.path();
         match self.runtime.route(&host, path) {
             Some(svc) => {
+                svc.retry_budget.deposit();
                 ctx.host = raw_host.to_string();
                 ctx.service = Some(svc);
                 Ok(false)
@@ -78,11 +116,15 @@ impl ProxyHttp for HawserProxy {
         let backend = svc.lb.select_with(b"", MAX_SELECT_ITERATIONS, |b, ready| {
             ready && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
         });
-        let Some(addr) = backend.as_ref().and_then(|b| b.addr.as_inet().copied()) else {
+        let Some(backend) = backend else {
             // 503 when nothing was ready to begin with; 502 when every ready one failed.
             let status = if ctx.tried.is_empty() { 503 } else { 502 };
             return Err(Error::explain(ErrorType::HTTPStatus(status), "no backend to select"));
         };
+        let Some(addr) = backend.addr.as_inet().copied() else {
+            return Err(Error::explain(ErrorType::InternalError, "backend without an IP address"));
+        };
+        ctx.backend = backend.ext.get::<Arc<BackendLive>>().cloned();
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
@@ -113,41 +155,60 @@ impl ProxyHttp for HawserProxy {
         matches!(e.etype(), ErrorType::HTTPStatus(_))
     }
 
-    /// An error after the request went out. pingora's loop would retry whatever this marks,
-    /// even after the client got response bytes, so hawser decides: only idempotent requests
-    /// whose body is still fully buffered, never once a response started, within the service's
-    /// retry budget, and (through `upstream_peer`) always on another backend.
+    /// The upstream's answer: a gateway error (502/503/504) extends the backend's failure run,
+    /// anything else ends it.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if matches!(upstream_response.status.as_u16(), 502..=504) {
+            self.backend_failed(ctx);
+        } else if let Some(live) = &ctx.backend {
+            live.record_success();
+        }
+        Ok(())
+    }
+
+    /// An error after the connection was made. pingora's loop would retry whatever this marks,
+    /// even after the client got response bytes, so hawser decides (see the module doc).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        upstream_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let safe = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        match &ctx.service {
-            Some(svc) if safe && ctx.retries < svc.proxy.retries => {
-                ctx.retries += 1;
-                e.set_retry(true);
-            }
-            _ => e.set_retry(false),
+        if *e.esource() != ErrorSource::Upstream {
+            // The client went away or sent garbage: nothing to retry, nothing against the backend.
+            e.set_retry(false);
+            return e;
         }
+        self.backend_failed(ctx);
+        // pingora marks "ReusedOnly" the failures that show a pooled connection was already
+        // closed by the upstream: the request never reached the application.
+        let not_delivered = upstream_reused && matches!(e.retry, RetryType::ReusedOnly);
+        let replayable = !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let safe = replayable && (not_delivered || session.req_header().method.is_idempotent());
+        let retry = safe && self.take_retry(ctx);
+        if let (true, Some(svc)) = (retry, &ctx.service) {
+            debug!("service {}: {e}; retrying on another backend", svc.name);
+        }
+        e.set_retry(retry);
         e
     }
 
+    /// No connection: the request never left, so any method may be retried.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        let Some(svc) = &ctx.service else { return e };
-        if ctx.retries < svc.proxy.retries {
-            ctx.retries += 1;
-            e.set_retry(true);
+        self.backend_failed(ctx);
+        let retry = self.take_retry(ctx);
+        if let (true, Some(svc)) = (retry, &ctx.service) {
             warn!("service {}: connect to {} failed ({e}); retrying on another backend", svc.name, peer._address);
-        } else {
-            e.set_retry(false);
         }
+        e.set_retry(retry);
         e
     }
 

@@ -25,6 +25,7 @@ use crate::catalog::routes::{HostPattern, RouteTable};
 use crate::catalog::{BackendPlan, Catalog, Probe, ServicePlan};
 use crate::config::{HealthPolicy, ProxyPolicy};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
+use crate::passive::{BackendLive, RetryBudget};
 
 /// What active health checking says about one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,7 @@ pub struct Service {
     pub name: String,
     pub lb: LoadBalancer<RoundRobin>,
     pub proxy: ProxyPolicy,
+    pub retry_budget: RetryBudget,
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
     wake: Notify,
     pending: Mutex<Option<Cause>>,
@@ -84,6 +86,7 @@ impl Service {
             name: plan.name.clone(),
             lb,
             proxy: plan.proxy.clone(),
+            retry_budget: RetryBudget::new(&plan.proxy.retry_budget),
             snapshot,
             wake: Notify::new(),
             pending: Mutex::new(None),
@@ -167,6 +170,10 @@ struct State {
     probes: HashMap<ProbeKey, ProbeStatus>,
     /// For each probe target, the Docker event that made it appear (for the ready log).
     appeared: HashMap<ProbeKey, Cause>,
+    /// The current probe targets.
+    targets: HashMap<ProbeKey, ProbeTarget>,
+    /// Every current backend's shared state with the proxy (failure runs, ejection).
+    live: HashMap<ProbeKey, Arc<BackendLive>>,
 }
 
 /// The shared runtime. Docker discovery writes to it; the proxy and health checks read it.
@@ -186,6 +193,8 @@ impl Default for Runtime {
                 catalog: Catalog::default(),
                 probes: HashMap::new(),
                 appeared: HashMap::new(),
+                targets: HashMap::new(),
+                live: HashMap::new(),
             }),
             probe_targets: watch::channel(Arc::new(Vec::new())).0,
             docker_connected: AtomicBool::new(false),
@@ -285,9 +294,24 @@ impl Runtime {
             st.appeared.entry(t.key()).or_insert_with(|| cause.clone());
         }
 
+        let backend_keys: std::collections::HashSet<ProbeKey> = catalog
+            .services
+            .values()
+            .flat_map(|p| p.backends.iter().map(|b| (b.container_id.clone(), b.addr)))
+            .collect();
+        st.live.retain(|k, _| backend_keys.contains(k));
+        for plan in catalog.services.values() {
+            for b in &plan.backends {
+                st.live.entry((b.container_id.clone(), b.addr)).or_insert_with(|| {
+                    Arc::new(BackendLive::new(&b.container_id, &b.container_name, &plan.name, b.addr))
+                });
+            }
+        }
+        st.targets = targets.iter().map(|t| (t.key(), t.clone())).collect();
+
         for plan in catalog.services.values() {
             let svc = st.services.entry(plan.name.clone()).or_insert_with(|| Service::new(plan));
-            svc.publish(snapshot_of(&plan.backends, &st.probes), cause);
+            svc.publish(snapshot_of(&plan.backends, &st.probes, &st.live), cause);
         }
         st.services.retain(|name, svc| {
             let keep = catalog.services.contains_key(name);
@@ -326,7 +350,7 @@ impl Runtime {
         }
         let appeared = st.appeared.get(&key).cloned();
         let Some(plan) = st.catalog.services.get(&target.service) else { return };
-        let snapshot = snapshot_of(&plan.backends, &st.probes);
+        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
         let Some(svc) = st.services.get(&target.service).cloned() else { return };
         let what = format!("container {} {}", target.container_name, status_word(status));
         // The first pass after a container appeared: report delay from the event that brought it.
@@ -349,6 +373,88 @@ impl Runtime {
             st.appeared.remove(&key);
         }
         svc.publish(snapshot, &Cause { what, event_nanos });
+    }
+
+    /// A connect failure or gateway error from `live`, seen by the proxy. A run of them as long
+    /// as the service's `passive_ejection.consecutive_failures` ejects the backend for
+    /// `passive_ejection.duration`; then an active probe must pass to bring it back. The last
+    /// ready backend of a service is never ejected: a 503 for everyone would be no better.
+    pub fn backend_failed(self: &Arc<Self>, svc: &Service, live: &Arc<BackendLive>) {
+        let run = live.record_failure();
+        let policy = &svc.proxy.ejection;
+        if policy.consecutive_failures == 0 || run < policy.consecutive_failures || live.is_ejected() {
+            return;
+        }
+        let st = self.state();
+        let key = (live.container_id.clone(), live.addr);
+        if !st.live.get(&key).is_some_and(|l| Arc::ptr_eq(l, live)) {
+            return; // no longer a backend
+        }
+        let Some(plan) = st.catalog.services.get(&live.service) else { return };
+        let current = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let others_ready = current
+            .backends
+            .iter()
+            .filter(|b| b.addr.as_inet() != Some(&live.addr) && current.enabled.get(&backend_key(b)) == Some(&true))
+            .count();
+        if others_ready == 0 {
+            debug!(
+                "backend {} ({}) of service {}: {run} consecutive failures, but it is the last ready backend: not ejected",
+                live.container_name, live.addr, live.service
+            );
+            return;
+        }
+        if !live.eject() {
+            return;
+        }
+        warn!(
+            "backend {} ({}) of service {}: ejected for {:?} after {run} consecutive failures",
+            live.container_name, live.addr, live.service, policy.duration
+        );
+        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let Some(service) = st.services.get(&live.service).cloned() else { return };
+        service.publish(snapshot, &Cause { what: format!("ejection of {}", live.container_name), event_nanos: None });
+        let target = st.targets.get(&key).cloned();
+        drop(st);
+
+        let (runtime, live, duration) = (Arc::clone(self), Arc::clone(live), policy.duration);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            loop {
+                if !runtime.is_current(&live) {
+                    return;
+                }
+                let passed = match &target {
+                    Some(t) => crate::health::probe_once(t).await,
+                    // Not probed (e.g. draining): nothing to wait for.
+                    None => true,
+                };
+                if passed {
+                    runtime.restore(&live);
+                    return;
+                }
+                tokio::time::sleep(target.as_ref().map_or(duration, |t| t.policy.interval)).await;
+            }
+        });
+    }
+
+    fn is_current(&self, live: &Arc<BackendLive>) -> bool {
+        self.state().live.get(&(live.container_id.clone(), live.addr)).is_some_and(|l| Arc::ptr_eq(l, live))
+    }
+
+    /// Ends an ejection after its probe passed.
+    fn restore(&self, live: &Arc<BackendLive>) {
+        let st = self.state();
+        if !st.live.get(&(live.container_id.clone(), live.addr)).is_some_and(|l| Arc::ptr_eq(l, live)) {
+            return;
+        }
+        live.restore();
+        info!("backend {} ({}) of service {}: back from ejection (probe passed)", live.container_name, live.addr, live.service);
+        let (Some(plan), Some(service)) = (st.catalog.services.get(&live.service), st.services.get(&live.service)) else {
+            return;
+        };
+        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
+        service.publish(snapshot, &Cause { what: format!("return of {}", live.container_name), event_nanos: None });
     }
 
     /// Waits until no current probe target is still waiting for its first result, at most
@@ -374,16 +480,119 @@ fn status_word(s: ProbeStatus) -> &'static str {
     }
 }
 
-/// Membership and enablement for one service: a backend is enabled only when Docker allows it
-/// and its active probe has passed.
-fn snapshot_of(backends: &[BackendPlan], probes: &HashMap<ProbeKey, ProbeStatus>) -> Snapshot {
+/// Membership and enablement for one service: a backend is enabled only when Docker allows it,
+/// its active probe has passed and the proxy has not ejected it. Each backend carries its
+/// [`BackendLive`] so that the proxy finds it in the selection.
+fn snapshot_of(
+    backends: &[BackendPlan],
+    probes: &HashMap<ProbeKey, ProbeStatus>,
+    live: &HashMap<ProbeKey, Arc<BackendLive>>,
+) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for b in backends {
+        let key = (b.container_id.clone(), b.addr);
         let mut backend = Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr), weight: b.weight, ext: Default::default() };
-        backend.ext.insert(b.container_id.clone());
-        let ready = b.gate.is_none() && probes.get(&(b.container_id.clone(), b.addr)) == Some(&ProbeStatus::Ready);
+        let state = live.get(&key);
+        if let Some(l) = state {
+            backend.ext.insert(Arc::clone(l));
+        }
+        let ready = b.gate.is_none()
+            && probes.get(&key) == Some(&ProbeStatus::Ready)
+            && !state.is_some_and(|l| l.is_ejected());
         snapshot.enabled.insert(backend_key(&backend), ready);
         snapshot.backends.insert(backend);
     }
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Container, Environment};
+    use crate::config::Loaded;
+
+    fn web(name: &str, ip: &str) -> Container {
+        Container::sample(name, ip).label("hawser.enable", "true").label("hawser.host", "web.test").label("hawser.service", "web")
+    }
+
+    /// A runtime serving `containers`, every probe passed.
+    fn ready_runtime(yaml: &str, containers: &[Container]) -> Arc<Runtime> {
+        let config = Loaded::from_yaml(yaml, "t.yaml").unwrap().config;
+        let rt = Runtime::new();
+        let cause = Cause { what: "test".into(), event_nanos: None };
+        rt.apply(Catalog::build(&config, containers, &Environment::default()), &cause);
+        for t in rt.probe_targets().borrow().iter() {
+            rt.probe_changed(t, ProbeStatus::Ready);
+        }
+        rt
+    }
+
+    fn live(rt: &Runtime, name: &str) -> Arc<BackendLive> {
+        rt.state().live.values().find(|l| l.container_name == name).cloned().unwrap()
+    }
+
+    fn enabled(rt: &Runtime, name: &str) -> bool {
+        let svc = rt.route("web.test", "/").unwrap();
+        let snapshot = svc.snapshot();
+        let b = snapshot.backends.iter().find(|b| b.ext.get::<Arc<BackendLive>>().unwrap().container_name == name).unwrap();
+        snapshot.enabled[&backend_key(b)]
+    }
+
+    #[tokio::test]
+    async fn a_run_of_failures_ejects_but_never_the_last_ready_backend() {
+        let rt = ready_runtime(
+            "proxy: {passive_ejection: {consecutive_failures: 3, duration: 1m}}",
+            &[web("a", "10.0.0.2"), web("b", "10.0.0.3")],
+        );
+        let svc = rt.route("web.test", "/").unwrap();
+        let (a, b) = (live(&rt, "a"), live(&rt, "b"));
+        rt.backend_failed(&svc, &a);
+        rt.backend_failed(&svc, &a);
+        a.record_success();
+        rt.backend_failed(&svc, &a);
+        rt.backend_failed(&svc, &a);
+        assert!(enabled(&rt, "a"), "a success ends the run");
+        rt.backend_failed(&svc, &a);
+        assert!(!enabled(&rt, "a") && a.is_ejected());
+        for _ in 0..10 {
+            rt.backend_failed(&svc, &b);
+        }
+        assert!(enabled(&rt, "b") && !b.is_ejected(), "b is the last ready backend");
+    }
+
+    #[tokio::test]
+    async fn ejection_can_be_turned_off() {
+        let rt = ready_runtime(
+            "proxy: {passive_ejection: {consecutive_failures: 0}}",
+            &[web("a", "10.0.0.2"), web("b", "10.0.0.3")],
+        );
+        let svc = rt.route("web.test", "/").unwrap();
+        let a = live(&rt, "a");
+        for _ in 0..100 {
+            rt.backend_failed(&svc, &a);
+        }
+        assert!(enabled(&rt, "a"));
+    }
+
+    #[tokio::test]
+    async fn an_ejected_backend_returns_when_its_probe_passes_after_the_duration() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        let rt = ready_runtime(
+            "proxy: {passive_ejection: {consecutive_failures: 1, duration: 100ms}}",
+            &[web("a", "127.0.0.1").label("hawser.port", &port), web("b", "127.0.0.2").label("hawser.port", &port)],
+        );
+        let svc = rt.route("web.test", "/").unwrap();
+        let a = live(&rt, "a");
+        let ejected_at = Instant::now();
+        rt.backend_failed(&svc, &a);
+        assert!(!enabled(&rt, "a"));
+        while !enabled(&rt, "a") {
+            assert!(ejected_at.elapsed() < std::time::Duration::from_secs(5), "a never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(ejected_at.elapsed() >= std::time::Duration::from_millis(100));
+        assert!(!a.is_ejected());
+        drop(listener);
+    }
 }

@@ -58,6 +58,8 @@ pub struct ServiceSection {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub retries: Option<u32>,
+    pub retry_budget: Option<RetryBudgetSection>,
+    pub passive_ejection: Option<EjectionSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,24 @@ pub struct ProxySection {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub retries: Option<u32>,
+    pub retry_budget: Option<RetryBudgetSection>,
+    pub passive_ejection: Option<EjectionSection>,
+}
+
+/// Retries a service may add on top of its requests.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    pub ratio: Option<Ratio>,
+    pub min_per_second: Option<u32>,
+}
+
+/// When a backend is taken out on the proxy's own evidence.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionSection {
+    pub consecutive_failures: Option<u32>,
+    pub duration: Option<Dur>,
 }
 
 /// Parses a value with `parse` and turns its error into a located serde error.
@@ -138,6 +158,18 @@ impl<'de> Deserialize<'de> for Port {
         match u16::deserialize(d)? {
             0 => Err(D::Error::custom("port must be 1-65535")),
             p => Ok(Port(p)),
+        }
+    }
+}
+
+/// A fraction from 0 to 1 (`0.2` = 20 %).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio(pub f64);
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match f64::deserialize(d)? {
+            r if (0.0..=1.0).contains(&r) => Ok(Ratio(r)),
+            r => Err(D::Error::custom(format!("{r} is not a ratio from 0 to 1 (0.2 means 20 %)"))),
         }
     }
 }

@@ -116,13 +116,49 @@ pub struct ProxyPolicy {
     /// Longest wait for the upstream between two reads. pingora has none by default, so a
     /// backend whose IP vanished (network disconnect) would hold a request forever.
     pub read_timeout: Duration,
-    /// Connect failures retried on another backend of the service.
+    /// At most this many retries per request, each on another backend.
     pub retries: u32,
+    pub retry_budget: RetryBudget,
+    pub ejection: EjectionPolicy,
 }
 
 impl Default for ProxyPolicy {
     fn default() -> Self {
-        ProxyPolicy { connect_timeout: Duration::from_secs(1), read_timeout: Duration::from_secs(60), retries: 2 }
+        ProxyPolicy {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(60),
+            retries: 2,
+            retry_budget: RetryBudget::default(),
+            ejection: EjectionPolicy::default(),
+        }
+    }
+}
+
+/// Retries per service are limited to `ratio` × requests, plus `min_per_second` so that a
+/// quiet service can still retry: a failing fleet is not hammered by its own retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget { ratio: 0.2, min_per_second: 10 }
+    }
+}
+
+/// Passive ejection: `consecutive_failures` connect failures or gateway errors in a row take a
+/// backend out for `duration`, after which an active probe must pass. 0 turns it off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EjectionPolicy {
+    pub consecutive_failures: u32,
+    pub duration: Duration,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        EjectionPolicy { consecutive_failures: 5, duration: Duration::from_secs(10) }
     }
 }
 
@@ -241,12 +277,7 @@ impl Loaded {
         };
 
         let health = merge_health(&HealthPolicy::default(), &f.health_check);
-        let defaults = ProxyPolicy::default();
-        let proxy = ProxyPolicy {
-            connect_timeout: f.proxy.connect_timeout.map_or(defaults.connect_timeout, |d| d.0),
-            read_timeout: f.proxy.read_timeout.map_or(defaults.read_timeout, |d| d.0),
-            retries: f.proxy.retries.unwrap_or(defaults.retries),
-        };
+        let proxy = merge_proxy(&ProxyPolicy::default(), &f.proxy);
 
         let mut services = BTreeMap::new();
         // Which YAML service owns each route, and where it was written, to report conflicts.
@@ -296,11 +327,16 @@ impl Loaded {
                 port: s.port.map(|p| p.0),
                 selector,
                 health: s.health_check.as_ref().map_or_else(|| health.clone(), |h| merge_health(&health, h)),
-                proxy: ProxyPolicy {
-                    connect_timeout: s.connect_timeout.map_or(proxy.connect_timeout, |d| d.0),
-                    read_timeout: s.read_timeout.map_or(proxy.read_timeout, |d| d.0),
-                    retries: s.retries.unwrap_or(proxy.retries),
-                },
+                proxy: merge_proxy(
+                    &proxy,
+                    &file::ProxySection {
+                        connect_timeout: s.connect_timeout,
+                        read_timeout: s.read_timeout,
+                        retries: s.retries,
+                        retry_budget: s.retry_budget,
+                        passive_ejection: s.passive_ejection,
+                    },
+                ),
             };
             services.insert(svc_name, svc);
         }
@@ -323,6 +359,24 @@ fn merge_health(base: &HealthPolicy, s: &file::HealthCheckSection) -> HealthPoli
         timeout: s.timeout.as_ref().map_or(base.timeout, |d| d.0),
         rise: s.rise.map_or(base.rise, |t| t.0),
         fall: s.fall.map_or(base.fall, |t| t.0),
+    }
+}
+
+fn merge_proxy(base: &ProxyPolicy, s: &file::ProxySection) -> ProxyPolicy {
+    let budget = s.retry_budget.clone().unwrap_or_default();
+    let ejection = s.passive_ejection.clone().unwrap_or_default();
+    ProxyPolicy {
+        connect_timeout: s.connect_timeout.as_ref().map_or(base.connect_timeout, |d| d.0),
+        read_timeout: s.read_timeout.as_ref().map_or(base.read_timeout, |d| d.0),
+        retries: s.retries.unwrap_or(base.retries),
+        retry_budget: RetryBudget {
+            ratio: budget.ratio.map_or(base.retry_budget.ratio, |r| r.0),
+            min_per_second: budget.min_per_second.unwrap_or(base.retry_budget.min_per_second),
+        },
+        ejection: EjectionPolicy {
+            consecutive_failures: ejection.consecutive_failures.unwrap_or(base.ejection.consecutive_failures),
+            duration: ejection.duration.map_or(base.ejection.duration, |d| d.0),
+        },
     }
 }
 
@@ -373,7 +427,7 @@ mod tests {
 listen: ["127.0.0.1:9000"]
 docker: { endpoint: "unix:///tmp/d.sock", label_prefix: edge, network: web, exposed_by_default: true, address: published }
 health_check: { type: http, path: /healthz, interval: 500ms, rise: 1 }
-proxy: { connect_timeout: 300ms, read_timeout: 30s, retries: 1 }
+proxy: { connect_timeout: 300ms, read_timeout: 30s, retries: 1, retry_budget: {ratio: 0.5} }
 services:
   api:
     hosts: [api.example.com, "*.api.example.com"]
@@ -382,6 +436,7 @@ services:
     selector: { label: "app=api", image: "api" }
     health_check: { path: /ready }
     retries: 0
+    passive_ejection: { consecutive_failures: 2 }
 pingora:
   threads: 3
 "#,
@@ -398,6 +453,10 @@ pingora:
         assert_eq!(api.proxy.retries, 0);
         assert_eq!(api.proxy.connect_timeout, Duration::from_millis(300));
         assert_eq!(api.proxy.read_timeout, Duration::from_secs(30));
+        // Nested policies merge key by key over the level above.
+        assert_eq!(api.proxy.retry_budget, RetryBudget { ratio: 0.5, min_per_second: 10 });
+        assert_eq!(api.proxy.ejection, EjectionPolicy { consecutive_failures: 2, duration: Duration::from_secs(10) });
+        assert_eq!(c.proxy.ejection, EjectionPolicy::default());
         let sel = api.selector.as_ref().unwrap();
         assert_eq!(sel.label, Some(("app".into(), Some("api".into()))));
     }
@@ -434,6 +493,9 @@ pingora:
 
         let e = load("health_check:\n  interval: 5\n").unwrap_err();
         assert_eq!(e.key, "health_check.interval");
+
+        let e = load("proxy:\n  retry_budget: {ratio: 20}\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "proxy.retry_budget.ratio"), "{e}");
 
         let e = load("docker:\n  address: somewhere\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (Some(2), "docker.address"), "{e}");
