@@ -22,7 +22,7 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::routes::{HostPattern, RouteTable};
-use crate::catalog::{BackendPlan, Catalog, Probe, ServicePlan};
+use crate::catalog::{BackendPlan, Catalog, Probe, ServicePlan, Standing};
 use crate::config::{HealthPolicy, ProxyPolicy};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
 use crate::passive::{BackendLive, RetryBudget};
@@ -243,21 +243,15 @@ impl Runtime {
         for (id, v) in &catalog.verdicts {
             let before = st.catalog.verdicts.get(id);
             if before != Some(v) {
-                match (&v.reason, v.routed) {
-                    (_, true) => info!(
-                        "container {}: routed to service {}",
-                        v.container_name,
-                        v.service.as_deref().unwrap_or("?")
-                    ),
-                    // A state ("container is created", "… exited") is no fault: info. A missing
-                    // opt-in is the normal case for most containers: debug. The rest needs a
-                    // user's attention: warn.
-                    (Some(r), false) if r.starts_with("container is ") => {
-                        info!("container {}: not routed: {r}", v.container_name)
+                let reason = v.reason.as_deref().unwrap_or("?");
+                let name = &v.container_name;
+                match v.standing {
+                    Standing::Routed => {
+                        info!("container {name}: routed to service {}", v.service.as_deref().unwrap_or("?"))
                     }
-                    (Some(r), false) if r.starts_with("no ") => debug!("container {}: not routed: {r}", v.container_name),
-                    (Some(r), false) => warn!("container {}: not routed: {r}", v.container_name),
-                    (None, false) => {}
+                    Standing::NotOptedIn => debug!("container {name}: not routed: {reason}"),
+                    Standing::Waiting => info!("container {name}: not routed: {reason}"),
+                    Standing::Refused => warn!("container {name}: not routed: {reason}"),
                 }
             }
         }

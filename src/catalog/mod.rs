@@ -96,9 +96,29 @@ pub enum Probe {
 pub struct Verdict {
     pub container_name: String,
     pub service: Option<String>,
-    /// A backend that Docker's state allows traffic to (active probes decide the rest).
-    pub routed: bool,
+    pub standing: Standing,
+    /// Why it is not routed; `None` when it is.
     pub reason: Option<String>,
+}
+
+impl Verdict {
+    /// A backend that Docker's state allows traffic to (active probes decide the rest).
+    pub fn routed(&self) -> bool {
+        self.standing == Standing::Routed
+    }
+}
+
+/// Where a container stands, and so how loudly its verdict is worth saying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Routed,
+    /// Did not ask to be routed (no opt-in label, or `enable=false`): the normal case.
+    NotOptedIn,
+    /// A passing state: created, exited, draining, paused, health check starting …
+    Waiting,
+    /// Asked to be routed but cannot be: a fault for the user to fix (a bad label, an ambiguous
+    /// port, no shared network, a host taken, Docker health unhealthy).
+    Refused,
 }
 
 /// A container that opted in and passed every check but ownership of its routes.
@@ -137,7 +157,7 @@ impl Catalog {
         for c in containers {
             match admit(config, c) {
                 Ok(candidate) => candidates.push(candidate),
-                Err(reason) => catalog.refuse(c, None, reason),
+                Err((standing, reason)) => catalog.refuse(c, None, standing, reason),
             }
         }
         // Running containers claim routes before stopped ones (a leftover exited container must
@@ -171,7 +191,7 @@ impl Catalog {
                 }) {
                     Ok(a) => Some(a),
                     Err(reason) => {
-                        catalog.refuse(c, Some(&cand.service), reason);
+                        catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
                         continue;
                     }
                 }
@@ -185,7 +205,7 @@ impl Catalog {
                 claims.iter().find_map(|r| owners.get(r).filter(|o| **o != cand.service).map(|o| (r, o)))
             {
                 let reason = format!("{route} is already routed to service {owner}");
-                catalog.refuse(c, Some(&cand.service), reason);
+                catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
                 continue;
             }
 
@@ -206,24 +226,24 @@ impl Catalog {
 
             let Some(addr) = addr else {
                 let reason = format!("container is {}", c.state.as_str());
-                catalog.refuse(c, Some(&cand.service), reason);
+                catalog.refuse(c, Some(&cand.service), Standing::Waiting, reason);
                 continue;
             };
             if let Some(other) = plan.backends.iter().find(|b| b.addr == addr) {
                 let reason = format!("address {addr} is already used by container {}", other.container_name);
-                catalog.refuse(c, Some(&cand.service), reason);
+                catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
                 continue;
             }
             // Past draining: out of the service, though the process may still run.
             match c.departure {
                 Departure::Killed => {
-                    catalog.refuse(c, Some(&cand.service), "container is being killed (SIGKILL)".into());
+                    catalog.refuse(c, Some(&cand.service), Standing::Waiting, "container is being killed (SIGKILL)".into());
                     continue;
                 }
                 Departure::Overdue => {
                     let timeout = c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
                     let reason = format!("container is still running {timeout:?} after its stop signal (its stop timeout)");
-                    catalog.refuse(c, Some(&cand.service), reason);
+                    catalog.refuse(c, Some(&cand.service), Standing::Waiting, reason);
                     continue;
                 }
                 Departure::Staying | Departure::Draining => {}
@@ -243,7 +263,11 @@ impl Catalog {
                 Verdict {
                     container_name: c.name.clone(),
                     service: Some(cand.service),
-                    routed: gate.is_none(),
+                    standing: match gate {
+                        None => Standing::Routed,
+                        Some(Gate::DockerUnhealthy) => Standing::Refused,
+                        Some(_) => Standing::Waiting,
+                    },
                     reason: gate.map(|g| g.to_string()),
                 },
             );
@@ -256,7 +280,7 @@ impl Catalog {
             let plan = catalog.services.remove(&name).expect("listed above");
             for b in plan.backends {
                 if let Some(v) = catalog.verdicts.get_mut(&b.container_id) {
-                    v.routed = false;
+                    v.standing = Standing::Refused;
                     v.reason = Some(format!(
                         "service {name} has no route: set {prefix}.host or {prefix}.path, or declare it under services:"
                     ));
@@ -270,13 +294,13 @@ impl Catalog {
         catalog
     }
 
-    fn refuse(&mut self, c: &Container, service: Option<&str>, reason: String) {
+    fn refuse(&mut self, c: &Container, service: Option<&str>, standing: Standing, reason: String) {
         self.verdicts.insert(
             c.id.clone(),
             Verdict {
                 container_name: c.name.clone(),
                 service: service.map(str::to_string),
-                routed: false,
+                standing,
                 reason: Some(reason),
             },
         );
@@ -284,16 +308,16 @@ impl Catalog {
 
     /// Containers that are not routed, with their reasons (for logs).
     pub fn refusals(&self) -> impl Iterator<Item = (&String, &Verdict)> {
-        self.verdicts.iter().filter(|(_, v)| !v.routed)
+        self.verdicts.iter().filter(|(_, v)| !v.routed())
     }
 }
 
 /// Opt-in, label parsing and service choice for one container.
-fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, String> {
+fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, (Standing, String)> {
     let prefix = config.docker.label_prefix.as_str();
-    let labels = Labels::parse(prefix, &c.labels).map_err(|e| e.to_string())?;
+    let labels = Labels::parse(prefix, &c.labels).map_err(|e| (Standing::Refused, e.to_string()))?;
     if labels.enable == Some(false) {
-        return Err(format!("label {prefix}.enable=false"));
+        return Err((Standing::NotOptedIn, format!("label {prefix}.enable=false")));
     }
     let selected: Vec<&str> = config
         .services
@@ -303,7 +327,7 @@ fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, String>
         .collect();
     let opted_in = labels.enable == Some(true) || config.docker.exposed_by_default || !selected.is_empty();
     if !opted_in {
-        return Err(format!("no {prefix}.enable=true label"));
+        return Err((Standing::NotOptedIn, format!("no {prefix}.enable=true label")));
     }
     let service = match (&labels.service, selected.as_slice()) {
         (Some(s), _) => s.clone(),
@@ -313,10 +337,12 @@ fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, String>
             _ => c.name.clone(),
         },
         (None, several) => {
-            return Err(format!("matches the selectors of services {}: set {prefix}.service", several.join(" and ")));
+            let reason = format!("matches the selectors of services {}: set {prefix}.service", several.join(" and "));
+            return Err((Standing::Refused, reason));
         }
     };
-    validate_service_name(&service).map_err(|e| format!("cannot name its service: {e}: set {prefix}.service"))?;
+    validate_service_name(&service)
+        .map_err(|e| (Standing::Refused, format!("cannot name its service: {e}: set {prefix}.service")))?;
     Ok(Candidate { container: c, service, labels })
 }
 
@@ -384,7 +410,7 @@ mod tests {
         let svc = &cat.services["web"];
         assert_eq!(svc.routes, vec![RouteKey { host: HostPattern::Exact("web.test".into()), path_prefix: "/".into() }]);
         assert_eq!(svc.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(), ["10.0.0.2:80", "10.0.0.3:80"]);
-        assert!(cat.verdicts.values().all(|v| v.routed));
+        assert!(cat.verdicts.values().all(|v| v.routed()));
         assert_eq!(svc.backends[0].probe, Probe::Tcp);
     }
 
@@ -394,7 +420,7 @@ mod tests {
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
         assert_eq!(reason(&cat, "plain-id"), "no hawser.enable=true label");
         let cat = Catalog::build(&config("docker: {exposed_by_default: true}"), [&c], &Environment::default());
-        assert!(cat.verdicts["plain-id"].routed);
+        assert!(cat.verdicts["plain-id"].routed());
         assert_eq!(cat.verdicts["plain-id"].service.as_deref(), Some("plain"));
         let off = c.clone().label("hawser.enable", "false");
         let cat = Catalog::build(&config("docker: {exposed_by_default: true}"), [&off], &Environment::default());
@@ -438,7 +464,7 @@ mod tests {
         for order in [[&older, &intruder], [&intruder, &older]] {
             let cat = Catalog::build(&config(""), order, &Environment::default());
             assert_eq!(reason(&cat, "x-id"), "host web.test is already routed to service web");
-            assert!(cat.verdicts["w1-id"].routed);
+            assert!(cat.verdicts["w1-id"].routed());
             assert!(!cat.services.contains_key("other"));
         }
         // A YAML service owns its hosts over any label.
@@ -449,7 +475,7 @@ mod tests {
         exited.created = 0;
         exited.state = RunState::Exited;
         let cat = Catalog::build(&config(""), [&exited, &older], &Environment::default());
-        assert!(cat.verdicts["w1-id"].routed);
+        assert!(cat.verdicts["w1-id"].routed());
         assert_eq!(reason(&cat, "x-id"), "host web.test is already routed to service web");
     }
 
@@ -470,7 +496,7 @@ mod tests {
         c.health = DockerHealth::Starting;
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
         assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::DockerStarting));
-        assert!(!cat.verdicts["w1-id"].routed);
+        assert!(!cat.verdicts["w1-id"].routed());
         c.health = DockerHealth::Healthy;
         c.departure = Departure::Draining;
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
@@ -486,6 +512,26 @@ mod tests {
         c.state = RunState::Paused;
         let cat = Catalog::build(&config(""), [&c], &Environment::default());
         assert_eq!(cat.services["web"].backends[0].gate, Some(Gate::Paused));
+    }
+
+    #[test]
+    fn standing_says_how_loud_a_verdict_is() {
+        let standing = |c: &Container| Catalog::build(&config(""), [c], &Environment::default()).verdicts[&c.id].standing;
+        let ok = web("w1", "10.0.0.2", "web.test");
+        assert_eq!(standing(&ok), Standing::Routed);
+        assert_eq!(standing(&Container::sample("plain", "10.0.0.3")), Standing::NotOptedIn);
+        assert_eq!(standing(&ok.clone().label("hawser.port", "x")), Standing::Refused);
+        let mut c = ok.clone();
+        c.departure = Departure::Draining;
+        assert_eq!(standing(&c), Standing::Waiting);
+        c.departure = Departure::Staying;
+        c.health = DockerHealth::Starting;
+        assert_eq!(standing(&c), Standing::Waiting);
+        c.health = DockerHealth::Unhealthy;
+        assert_eq!(standing(&c), Standing::Refused);
+        c.health = DockerHealth::None;
+        c.state = RunState::Exited;
+        assert_eq!(standing(&c), Standing::Waiting);
     }
 
     #[test]
@@ -508,7 +554,7 @@ mod tests {
         assert_eq!(reason(&cat, "b-id"), "no hawser.enable=true label");
         let pinned = both.clone().label("hawser.service", "api");
         let cat = Catalog::build(&cfg, [&pinned], &Environment::default());
-        assert!(cat.verdicts["c-id"].routed);
+        assert!(cat.verdicts["c-id"].routed());
     }
 
     #[test]
