@@ -152,7 +152,9 @@ impl ProxyHttp for HawserProxy {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         // hawser's own 502/503 answers are decisions, not faults; they are logged where made.
-        matches!(e.etype(), ErrorType::HTTPStatus(_))
+        // A client that hangs up before its answer (a load generator stopping, a browser
+        // navigating away) is the client's choice, not an error of hawser's.
+        matches!(e.etype(), ErrorType::HTTPStatus(_)) || client_went_away(e)
     }
 
     /// The upstream's answer: a gateway error (502/503/504) extends the backend's failure run,
@@ -216,12 +218,13 @@ impl ProxyHttp for HawserProxy {
         let service = ctx.service.as_ref().map_or("?", |s| s.name.as_str());
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            _ if client_went_away(e) => {
+                debug!("service {service}: the client went away: {e}");
+                0
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
+                ErrorSource::Downstream => 400,
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
@@ -242,6 +245,12 @@ impl ProxyHttp for HawserProxy {
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
+}
+
+/// The client closed or broke its connection: there is nobody to answer.
+fn client_went_away(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+        && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed)
 }
 
 /// A short plain-text response that hawser makes itself.
