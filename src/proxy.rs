@@ -228,6 +228,13 @@ impl ProxyHttp for HawserProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // The backend's response already started: the client can only learn of the failure
+        // from the connection closing before the promised length. Writing hawser's own answer
+        // now would splice it into the backend's body.
+        if session.response_written().is_some() {
+            warn!("service {service}: response broken off after it started: {e}");
+            return FailToProxy { error_code: code, can_reuse_downstream: false };
+        }
         let result = match code {
             0 => Ok(()),
             503 => {
