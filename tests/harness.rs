@@ -420,3 +420,111 @@ fn backend_check_client_mode() {
     assert_eq!(check("/healthz"), Some(1));
     assert!(t.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn backend_hangup_partial_and_fail() {
+    let env = TestEnv::new("backend_faults");
+    let b = env.run(ContainerSpec::new("b1"));
+    let addr = b.wait_http(80);
+    let t = Duration::from_secs(5);
+
+    // /hangup reads the whole request (Content-Length body), counts it, and closes without
+    // writing a single byte: a clean EOF, not a reset (the body was read).
+    let (got, end) = http_raw(
+        addr,
+        b"POST /hangup HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world",
+        t,
+    );
+    assert!(
+        got.is_empty(),
+        "/hangup wrote {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        end.is_none(),
+        "/hangup: reading ended with {end:?}, not a clean EOF"
+    );
+    assert_eq!(direct_count(&b), 1);
+    // Chunked body, and Expect: 100-continue gets no interim response either.
+    let (got, end) = http_raw(
+        addr,
+        b"PUT /hangup HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        t,
+    );
+    assert!(
+        got.is_empty(),
+        "/hangup (chunked) wrote {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(end.is_none(), "/hangup (chunked): {end:?}");
+    // The harness client sees "connection closed before a response".
+    let e = get(addr, "h", "/hangup").expect_err("/hangup must not answer");
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert_eq!(direct_count(&b), 3);
+
+    // /partial: a 200 head announcing 1000 bytes, 10 of them, then the close.
+    let (got, end) = http_raw(addr, b"GET /partial HTTP/1.1\r\nHost: h\r\n\r\n", t);
+    let (status, headers, body) = split_raw(&got).expect("a response head");
+    assert_eq!(
+        status,
+        "HTTP/1.1 200 OK",
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        headers.contains(&("content-length".into(), "1000".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-backend".into(), b.name.clone())),
+        "{headers:?}"
+    );
+    assert_eq!(body, b"0123456789");
+    assert!(end.is_none(), "/partial: {end:?}");
+    let e = get(addr, "h", "/partial").expect_err("a short body is an error for the client");
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert_eq!(direct_count(&b), 5);
+
+    // /_ctl/fail: every application request answers 502 (body NAME, X-Backend) instead of
+    // its normal answer; /healthz and /count are not affected and /_ctl/* is not counted.
+    assert_eq!(direct(&b, "/_ctl/fail").body, "failing");
+    for path in [
+        "/",
+        "/slow?ms=5000",
+        "/echo",
+        "/status/200",
+        "/hangup",
+        "/partial",
+    ] {
+        let r = get(addr, "h", path).unwrap_or_else(|e| panic!("{path} while failing: {e}"));
+        assert_eq!(
+            (r.status, r.body.as_str(), r.backend()),
+            (502, b.name.as_str(), Some(b.name.as_str())),
+            "{path} while failing"
+        );
+    }
+    let r = http(addr, "POST", "h", "/echo", &[], b"abc").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (502, b.name.as_str()));
+    assert_eq!(get(addr, "h", "/healthz").unwrap().status, 200);
+    assert_eq!(direct_count(&b), 12);
+    // Another status, a bad one, then back to normal.
+    direct(&b, "/_ctl/fail?status=503");
+    assert_eq!(get(addr, "h", "/").unwrap().status, 503);
+    assert_eq!(get(addr, "h", "/_ctl/fail?status=99").unwrap().status, 400);
+    assert_eq!(get(addr, "h", "/").unwrap().status, 503);
+    // Failing and unhealthy are independent.
+    direct(&b, "/_ctl/unhealthy");
+    assert_eq!(get(addr, "h", "/healthz").unwrap().status, 503);
+    direct(&b, "/_ctl/healthy");
+    assert_eq!(direct(&b, "/_ctl/ok").body, "ok");
+    let r = get(addr, "h", "/x").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, b.name.as_str()));
+    assert_eq!(get(addr, "h", "/healthz").unwrap().status, 200);
+    // Keep-alive: the failing answer keeps the connection usable.
+    direct(&b, "/_ctl/fail");
+    let mut c = HttpConn::connect(addr).unwrap();
+    assert_eq!(c.get("h", "/a").unwrap().status, 502);
+    direct(&b, "/_ctl/ok");
+    assert_eq!(c.get("h", "/b").unwrap().status, 200);
+    assert_eq!(direct_count(&b), 17);
+}

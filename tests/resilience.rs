@@ -6,7 +6,7 @@
 //! Everything waits by polling with a deadline. Where a test needs to know that hawser has
 //! *applied* a Docker event (not just that Docker emitted it), it waits for hawser's
 //! "selector live … after Docker event (<action> <container>)" log line, which hawser writes
-//! after the service's load balancer has been updated.
+//! after the service's load balancer has been updated ([`Hawser::wait_applied`]).
 
 mod common;
 
@@ -25,26 +25,6 @@ use common::*;
 // ---------------------------------------------------------------------------
 // local helpers
 // ---------------------------------------------------------------------------
-
-/// Waits until hawser's log says the service's selector went live after the Docker event
-/// `what` (e.g. "pause <container name>"): from then on, requests use the new backend set.
-fn wait_applied(h: &Hawser, what: &str, timeout: Duration) {
-    let needle = format!("after Docker event ({what})");
-    let start = Instant::now();
-    loop {
-        let log = h.log();
-        if log.contains(&needle) {
-            return;
-        }
-        if start.elapsed() >= timeout {
-            panic!(
-                "hawser did not apply Docker event {what:?} within {:?} (no log line containing {needle:?}); log:\n{log}",
-                start.elapsed()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Number of log lines saying hawser (re)connected to Docker at `endpoint`
 /// ("Docker <endpoint>: connected (API …), N containers listed").
@@ -154,7 +134,7 @@ fn sigkill_during_load_fails_no_request() {
     assert_eq!(before, want, "round robin over 3 backends before the kill");
 
     // hawser saw the kill.
-    wait_applied(&h, &format!("kill {}", victim.name), SECS_5);
+    h.wait_applied(&format!("kill {}", victim.name), SECS_5);
 
     // After `docker kill` returned: the victim must disappear within 2 s, and for good: the
     // first run of 30 consecutive requests without it starts within 2 s, and nothing after
@@ -248,7 +228,7 @@ fn paused_container_gets_no_traffic_and_returns_after_unpause() {
     assert_eq!(p.inspect("{{.State.Status}}"), "paused");
     // A request sent to a frozen container would hang, not fail: wait until hawser has applied
     // the pause before sending any.
-    wait_applied(&h, &format!("pause {}", p.name), SECS_5);
+    h.wait_applied(&format!("pause {}", p.name), SECS_5);
     assert_only(&h, host, 20, &a, "while paused");
 
     p.unpause();
@@ -340,7 +320,7 @@ fn docker_healthcheck_gates_traffic() {
     // Unhealthy: no traffic once hawser has applied Docker's health_status event.
     direct(&hc, "/_ctl/unhealthy");
     hc.wait_health("unhealthy", SECS_10);
-    wait_applied(&h, &format!("health_status: unhealthy {}", hc.name), SECS_5);
+    h.wait_applied(&format!("health_status: unhealthy {}", hc.name), SECS_5);
     assert_only(&h, host, 30, &plain, "after Docker marked it unhealthy");
     assert_eq!(hc.health(), "unhealthy");
 }

@@ -100,17 +100,37 @@ fn host_and_path_rules() {
 fn not_found_and_no_ready_backend() {
     let env = TestEnv::new("404-503");
     let c = web(&env, "only", "gone.test", "gone");
-    let h = env.hawser(&env.default_config());
+    // An HTTP probe, so that the backend can be made unready while it runs.
+    let config = format!("{}health_check: {{path: /healthz, interval: 200ms, rise: 1, fall: 1}}\n", env.default_config());
+    let h = env.hawser(&config);
     env.wait_routed(&h, "gone.test", "/", &c, SECS_10);
 
     let r = h.get("nowhere.test", "/x").unwrap();
     assert_eq!(r.status, 404);
     assert!(r.body.contains("nowhere.test"), "404 body should name the host: {:?}", r.body);
 
+    // A 503 with Retry-After, at once: no attempt on a backend that is not ready.
+    let assert_503_at_once = |why: &str| {
+        let t = Instant::now();
+        let r = h.get("gone.test", "/").unwrap_or_else(|e| panic!("{why}: {e}\nhawser log:\n{}", h.log()));
+        let took = t.elapsed();
+        assert_eq!(r.status, 503, "{why}: status {} from {:?}, body {:?}\nhawser log:\n{}", r.status, r.backend(), r.body, h.log());
+        assert!(took < Duration::from_secs(1), "{why}: the 503 took {took:?}, not at once\nhawser log:\n{}", h.log());
+        assert!(r.body.contains("gone"), "503 body should name the service: {:?}", r.body);
+        assert_eq!(r.header("retry-after"), Some("1"), "{why}: Retry-After");
+    };
+
+    // Its only backend runs but fails its probe.
+    direct(&c, "/_ctl/unhealthy");
+    wait_response("503 once the only backend fails its probe", h.addr, "gone.test", "/", SECS_5, |r| r.status == 503);
+    assert_503_at_once("only backend unhealthy");
+    direct(&c, "/_ctl/healthy");
+    env.wait_routed(&h, "gone.test", "/", &c, SECS_5);
+
+    // Its only backend stopped.
     c.stop(10);
-    let r = wait_response("503 once the only container stopped", h.addr, "gone.test", "/", SECS_5, |r| r.status == 503);
-    assert!(r.body.contains("gone"), "503 body should name the service: {:?}", r.body);
-    assert_eq!(r.header("retry-after"), Some("1"));
+    wait_response("503 once the only container stopped", h.addr, "gone.test", "/", SECS_5, |r| r.status == 503);
+    assert_503_at_once("only container stopped");
 
     // A removed container takes its route with it.
     c.rm();

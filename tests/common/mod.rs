@@ -977,6 +977,55 @@ impl Hawser {
             || self.log().contains(needle).then_some(()),
         );
     }
+    /// Polls until a log line satisfies `pred` and returns that (first such) line; on timeout
+    /// panics with `what` and the whole log.
+    pub fn wait_log_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| pred(l)) {
+                return line.to_string();
+            }
+            if start.elapsed() >= timeout {
+                panic!(
+                    "timed out after {:?} waiting for a hawser log line: {what}; log:\n{log}",
+                    start.elapsed()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// Waits until hawser's log says a service's selector went live after the Docker event
+    /// `what` (e.g. "pause <container name>", "kill <container name>"): hawser writes that
+    /// line ("service S: selector live X ms after Docker event (<what>); N/M backends ready")
+    /// once the service's load balancer was updated, so from then on requests use the new
+    /// backend set. Panics with the log on timeout.
+    pub fn wait_applied(&self, what: &str, timeout: Duration) {
+        let needle = format!("after Docker event ({what})");
+        self.wait_log_line(
+            &format!("Docker event {what:?} applied (a line containing {needle:?})"),
+            timeout,
+            |l| l.contains(&needle),
+        );
+    }
+    /// Waits until hawser's log says service `service` went live with `ready` of its backends
+    /// ready ("service S: selector live …; READY/M backends ready"), whatever caused it. For
+    /// waiting on readiness without sending a request through hawser (which would leave pooled
+    /// upstream connections behind). Returns the line.
+    pub fn wait_backends_ready(&self, service: &str, ready: usize, timeout: Duration) -> String {
+        let head = format!("service {service}: selector live");
+        let count = format!("; {ready}/");
+        self.wait_log_line(
+            &format!("service {service} live with {ready} backends ready"),
+            timeout,
+            |l| l.contains(&head) && l.contains(&count) && l.trim_end().ends_with("backends ready"),
+        )
+    }
     /// `GET path` with `Host: host` through this hawser.
     pub fn get(&self, host: &str, path: &str) -> io::Result<Response> {
         get(self.addr, host, path)
@@ -1281,6 +1330,51 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
     http(addr, "GET", host, path, &[], b"")
 }
 
+/// Writes `request` (raw bytes) on a fresh connection and reads until the peer closes,
+/// an error, or `timeout` (connect, and each read). Returns every byte received and how
+/// reading ended: `None` on a clean EOF, else the error. For responses the [`HttpConn`]
+/// parser would reject, e.g. a body cut short.
+pub fn http_raw(
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> (Vec<u8>, Option<io::Error>) {
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    if let Err(e) = s.write_all(request) {
+        return (Vec::new(), Some(e));
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (got, Some(e)),
+        }
+    }
+}
+
+/// Splits raw response bytes (as from [`http_raw`]) into the status line, the headers (names
+/// lowercased, values trimmed) and whatever followed the head. `None` without a complete
+/// head.
+pub fn split_raw(bytes: &[u8]) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some((status, headers, bytes[end + 4..].to_vec()))
+}
+
 // ---------------------------------------------------------------------------
 // polling
 // ---------------------------------------------------------------------------
@@ -1384,6 +1478,16 @@ pub fn assert_only(h: &Hawser, host: &str, n: usize, only: &Container, why: &str
         only.name,
         h.log()
     );
+}
+
+/// The backend's `/count` (application requests it received), asked straight at the
+/// container.
+pub fn direct_count(c: &Container) -> u64 {
+    let r = direct(c, "/count");
+    r.body
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("/count of {} is not a number: {:?}", c.name, r.body))
 }
 
 /// A GET sent straight to the container (not through hawser), e.g. `/_ctl/unhealthy`.

@@ -34,6 +34,16 @@
 //!                  /count, /healthz and /_ctl/*
 //! /status/NNN      status NNN (200..=599), body NAME
 //! /echo            200, body = the request body (Content-Length or chunked)
+//! /hangup          reads the whole request (body included), then closes the
+//!                  connection without writing a single byte (not even a
+//!                  100 Continue)
+//! /partial         200 with Content-Length: 1000, but only 10 body bytes
+//!                  ("0123456789"), flushed, then the connection is closed
+//! /_ctl/fail       from now on answer every application request (everything
+//!                  /count counts, /hangup and /partial included) with status 502,
+//!                  body NAME; `?status=NNN` (200..=599) for another status.
+//!                  /healthz is not affected (only /_ctl/unhealthy changes it)
+//! /_ctl/ok         revert /_ctl/fail
 //! anything else    200, body = NAME
 //! ```
 //!
@@ -44,7 +54,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,6 +68,8 @@ const SIGTERM: i32 = 15;
 static TERM: AtomicBool = AtomicBool::new(false);
 static UNHEALTHY: AtomicBool = AtomicBool::new(false);
 static COUNT: AtomicU64 = AtomicU64::new(0);
+/// Status every application request is answered with after /_ctl/fail; 0: normal answers.
+static FAIL_STATUS: AtomicU16 = AtomicU16::new(0);
 
 /// Async-signal-safe: only stores to an atomic.
 extern "C" fn on_signal(_signum: i32) {
@@ -345,6 +357,20 @@ enum Route {
     Status(u16),
     Echo,
     BadStatus,
+    Hangup,
+    Partial,
+    /// /_ctl/fail (status) and /_ctl/ok (0).
+    SetFail(u16),
+    /// /_ctl/fail with a status outside 200..=599.
+    BadFail,
+}
+
+/// The value of `key=` in a query string.
+fn query_param<'a>(query: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|kv| {
+        kv.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(b"="))
+    })
 }
 
 fn route(target: &[u8]) -> Route {
@@ -370,11 +396,18 @@ fn route(target: &[u8]) -> Route {
         b"/echo" => Route::Echo,
         b"/_ctl/unhealthy" => Route::SetHealthy(false),
         b"/_ctl/healthy" => Route::SetHealthy(true),
+        b"/_ctl/ok" => Route::SetFail(0),
+        b"/_ctl/fail" => match query_param(query, b"status") {
+            None => Route::SetFail(502),
+            Some(code) => match parse_dec(code) {
+                Some(c) if (200..=599).contains(&c) => Route::SetFail(c as u16),
+                _ => Route::BadFail,
+            },
+        },
+        b"/hangup" => Route::Hangup,
+        b"/partial" => Route::Partial,
         b"/slow" => {
-            let ms = query
-                .split(|&b| b == b'&')
-                .find_map(|kv| kv.strip_prefix(b"ms=").and_then(parse_dec))
-                .unwrap_or(0);
+            let ms = query_param(query, b"ms").and_then(parse_dec).unwrap_or(0);
             Route::Slow(ms)
         }
         _ => {
@@ -514,7 +547,16 @@ fn serve_requests(
             scratch.extend_from_slice(req_line);
             scratch.push(b'\n');
         }
-        if !matches!(rt, Route::Count | Route::Healthz | Route::SetHealthy(_)) {
+        // Application requests: counted by /count, and subject to /_ctl/fail.
+        let app = !matches!(
+            rt,
+            Route::Count
+                | Route::Healthz
+                | Route::SetHealthy(_)
+                | Route::SetFail(_)
+                | Route::BadFail
+        );
+        if app {
             COUNT.fetch_add(1, Ordering::Relaxed);
         }
 
@@ -580,7 +622,9 @@ fn serve_requests(
             }
         }
 
-        if expect_continue && !http10 && (chunked || content_length > 0) {
+        // /hangup writes nothing at all, not even an interim response.
+        let hangup = matches!(rt, Route::Hangup);
+        if expect_continue && !http10 && !hangup && (chunked || content_length > 0) {
             conn.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let echo = matches!(rt, Route::Echo);
@@ -605,6 +649,37 @@ fn serve_requests(
         } else {
             None
         };
+        let failing = match FAIL_STATUS.load(Ordering::SeqCst) {
+            0 => None,
+            c if app => Some(c),
+            _ => None,
+        };
+        if let Some(code) = failing {
+            write_response(out, name, code, name.as_bytes(), head_only, conn_header);
+            conn.s.write_all(out)?;
+            if !keep_alive {
+                return Ok(());
+            }
+            continue;
+        }
+        match rt {
+            // The whole request was read: close without a byte of response.
+            Route::Hangup => return Ok(()),
+            Route::Partial => {
+                out.clear();
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
+                );
+                if !head_only {
+                    out.extend_from_slice(b"0123456789");
+                }
+                conn.s.write_all(out)?;
+                conn.s.flush()?;
+                return Ok(());
+            }
+            _ => {}
+        }
         let mut num = [0u8; 20];
         let (code, body): (u16, &[u8]) = match rt {
             Route::Name => (200, name.as_bytes()),
@@ -641,7 +716,13 @@ fn serve_requests(
                 (200, &num[..len])
             }
             Route::Status(c) => (c, name.as_bytes()),
-            Route::BadStatus => (400, b"status must be 200..=599\n"),
+            Route::BadStatus | Route::BadFail => (400, b"status must be 200..=599\n"),
+            Route::SetFail(c) => {
+                FAIL_STATUS.store(c, Ordering::SeqCst);
+                (200, if c == 0 { &b"ok"[..] } else { &b"failing"[..] })
+            }
+            // Answered above.
+            Route::Hangup | Route::Partial => unreachable!(),
         };
         write_response(out, name, code, body, head_only, conn_header);
         conn.s.write_all(out)?;
