@@ -1,0 +1,448 @@
+#!/usr/bin/env bash
+# Rolling-restart benchmark: continuous HTTP load (wrk) through hawser against 3 replicas of
+# the test backend (tests/support/backend.rs, built into a FROM-scratch image), while the
+# replicas are replaced or killed. Prints one result line per variant:
+#
+#   variant=<name> requests=<n> non2xx=<n> errors=<n>
+#
+# Variants:
+#   a  a-serve-after-sigterm  replace all 3 one by one (start new -> wait until routed ->
+#                             docker stop old); backends keep serving SIGTERM_DELAY_MS after
+#                             SIGTERM, then exit
+#   b  b-exit-on-sigterm      same sequence; backends exit at once on SIGTERM
+#   c  c-sigkill              docker kill -s KILL one of the 3 replicas in the middle of the load
+#
+# Goal: non2xx=0 and errors=0 in every variant (c with GET load, which this is). wrk's counts
+# are reported as they are: no client-side retries. Exit status: 0 when every variant run met
+# the goal, 3 when one did not, 1 on any other failure.
+#
+# Everything the script creates (network, containers, image tag, hawser process, temp files)
+# carries a unique run id and is removed on every exit (also Ctrl-C and failure). Only the
+# hawser log is kept; its path is printed. Context lines start with '#'.
+set -euo pipefail
+
+usage() {
+    cat <<EOF
+usage: $0 [-h] [a|b|c ...]
+
+Runs the chosen variants (default: a b c) under wrk load through hawser and prints
+  variant=<name> requests=<n> non2xx=<n> errors=<n>
+per variant; other lines start with '#'. Exit status 3 when a variant saw non-2xx
+answers or socket errors.
+  a  a-serve-after-sigterm   rolling replace, backends serve \$BENCH_SIGTERM_DELAY_MS after SIGTERM
+  b  b-exit-on-sigterm       rolling replace, backends exit at once on SIGTERM
+  c  c-sigkill               docker kill -s KILL one replica mid-load
+
+Environment (defaults in brackets):
+  BENCH_DURATION         wrk duration of variants a and b, seconds [25]
+  BENCH_KILL_DURATION    wrk duration of variant c, seconds [15]
+  BENCH_KILL_AT          seconds into the load at which c kills a replica [half of c's duration]
+  BENCH_WARMUP           seconds of load before the first replacement [3]
+  BENCH_SIGTERM_DELAY_MS how long a's backends keep serving after SIGTERM [3000]
+  BENCH_THREADS          wrk -t [1]
+  BENCH_CONNECTIONS      wrk -c [32]
+  BENCH_WRK_TIMEOUT      wrk --timeout (slower responses count as timeout errors) [2s]
+  BENCH_ROUTE_TIMEOUT    longest wait for a backend to be routed, seconds [20]
+  BENCH_HEALTH_INTERVAL  hawser health_check.interval [1s]
+  HAWSER_BIN             use this hawser binary instead of 'cargo build --release'
+EOF
+}
+
+VARIANTS=()
+for arg in "$@"; do
+    case "$arg" in
+        -h | --help) usage; exit 0 ;;
+        a | b | c) VARIANTS+=("$arg") ;;
+        *) echo "$0: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+((${#VARIANTS[@]})) || VARIANTS=(a b c)
+
+DURATION=${BENCH_DURATION:-25}
+KILL_DURATION=${BENCH_KILL_DURATION:-15}
+KILL_AT=${BENCH_KILL_AT:-$((KILL_DURATION / 2))}
+WARMUP=${BENCH_WARMUP:-3}
+SIGTERM_DELAY_MS=${BENCH_SIGTERM_DELAY_MS:-3000}
+THREADS=${BENCH_THREADS:-1}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-2s}
+ROUTE_TIMEOUT=${BENCH_ROUTE_TIMEOUT:-20}
+HEALTH_INTERVAL=${BENCH_HEALTH_INTERVAL:-1s}
+HOST_HEADER=bench.test
+
+for v in DURATION KILL_DURATION KILL_AT WARMUP SIGTERM_DELAY_MS THREADS CONNECTIONS ROUTE_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$0: $v must be a whole number, got '${!v}'" >&2; exit 2; }
+done
+((KILL_AT < KILL_DURATION)) || { echo "$0: BENCH_KILL_AT must be below BENCH_KILL_DURATION" >&2; exit 2; }
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T_START=$EPOCHREALTIME
+
+note() { echo "# $*" >&2; }
+die() { echo "ERROR: $*" >&2; exit 1; }
+# Milliseconds since $1 (an $EPOCHREALTIME value).
+ms_since() {
+    local now=${EPOCHREALTIME/./} then=${1/./}
+    echo $(((10#$now - 10#$then) / 1000))
+}
+secs_since() { local ms; ms=$(ms_since "$1"); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
+
+# --- cleanup ------------------------------------------------------------------------------
+RUN_ID="$(date +%H%M%S)$$${RANDOM}"
+RUN_LABEL="hawser-bench"
+PREFIX="hb${RUN_ID}"            # hawser label prefix: no other container can match it
+NET="hawser-bench-${RUN_ID}"
+IMAGE="hawser-bench-backend:${RUN_ID}"
+TMP=""
+HAWSER_PID=""
+WRK_PID=""
+HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
+NET_CREATED=0
+IMAGE_BUILT=0
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ -n "$WRK_PID" ]] && kill -0 "$WRK_PID" 2>/dev/null; then
+        kill "$WRK_PID" 2>/dev/null
+        wait "$WRK_PID" 2>/dev/null
+    fi
+    local ids
+    ids=$(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
+    [[ -n "$ids" ]] && docker rm -f -v $ids >/dev/null 2>&1
+    ((NET_CREATED)) && docker network rm "$NET" >/dev/null 2>&1
+    ((IMAGE_BUILT)) && docker rmi -f "$IMAGE" >/dev/null 2>&1
+    if [[ -n "$HAWSER_PID" ]] && kill -0 "$HAWSER_PID" 2>/dev/null; then
+        # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
+        kill -INT "$HAWSER_PID" 2>/dev/null
+        for _ in $(seq 100); do kill -0 "$HAWSER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$HAWSER_PID" 2>/dev/null && kill -KILL "$HAWSER_PID" 2>/dev/null
+        wait "$HAWSER_PID" 2>/dev/null
+    fi
+    [[ -n "$TMP" ]] && rm -rf "$TMP"
+    if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
+        echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
+        tail -n 40 "$HAWSER_LOG" >&2
+    fi
+    [[ -e "$HAWSER_LOG" ]] && note "hawser log kept: $HAWSER_LOG"
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'echo "terminated" >&2; exit 143' TERM
+
+# --- prerequisites ------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [[ -z "${HAWSER_BIN:-}" ]]; then
+    command -v cmake >/dev/null 2>&1 || need+=(cmake)
+    command -v cc >/dev/null 2>&1 || need+=(build-essential)
+fi
+# The backend links glibc statically (+crt-static): it needs libc.a.
+dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dev)
+if ((${#need[@]})); then
+    note "installing: ${need[*]}"
+    SUDO=()
+    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q </dev/null >&2
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null >&2
+fi
+command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
+docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
+command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
+
+# --- hawser binary ------------------------------------------------------------------------
+t=$EPOCHREALTIME
+if [[ -n "${HAWSER_BIN:-}" ]]; then
+    [[ -x "$HAWSER_BIN" ]] || die "HAWSER_BIN=$HAWSER_BIN is not executable"
+    HAWSER=$HAWSER_BIN
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
+    note "cargo build --release (may wait on the build lock of another build)"
+    (cd "$REPO" && cargo build --release --bin hawser </dev/null >&2) || die "cargo build --release failed"
+    HAWSER="$REPO/target/release/hawser"
+fi
+note "hawser binary $HAWSER ($(secs_since "$t") s)"
+
+# --- backend image ------------------------------------------------------------------------
+t=$EPOCHREALTIME
+mkdir -p "$TMP/ctx"
+rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
+    -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
+cat >"$TMP/ctx/Dockerfile" <<'EOF'
+FROM scratch
+COPY backend /backend
+EXPOSE 80
+ENTRYPOINT ["/backend"]
+EOF
+IMAGE_BUILT=1 # set before the build, so a half-done build is removed as well
+docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
+    || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
+note "backend image $IMAGE ($(secs_since "$t") s)"
+
+NET_CREATED=1
+docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
+    || die "docker network create $NET failed"
+note "network $NET, hawser label prefix $PREFIX"
+
+# --- hawser -------------------------------------------------------------------------------
+port_free() {
+    if command -v ss >/dev/null 2>&1; then
+        [[ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
+    else
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# HTTP status of GET / with the bench Host (000 when nothing answers).
+http_status() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
+}
+
+start_hawser() {
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        PORT=$((20000 + RANDOM % 40000))
+        port_free "$PORT" || continue
+        cat >"$TMP/hawser.yaml" <<EOF
+listen: ["127.0.0.1:$PORT"]
+docker:
+  label_prefix: $PREFIX
+  exposed_by_default: false
+health_check:
+  type: http
+  path: /healthz
+  interval: $HEALTH_INTERVAL
+  timeout: 1s
+  rise: 2
+  fall: 2
+EOF
+        { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
+        "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
+            || die "hawser refused the generated configuration (see $HAWSER_LOG)"
+        "$HAWSER" -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 </dev/null &
+        HAWSER_PID=$!
+        local t0=$EPOCHREALTIME code
+        while (($(ms_since "$t0") < 15000)); do
+            if ! kill -0 "$HAWSER_PID" 2>/dev/null; then
+                wait "$HAWSER_PID" 2>/dev/null || true
+                HAWSER_PID=""
+                if grep -qi 'in use' "$HAWSER_LOG"; then
+                    note "port $PORT taken meanwhile, trying another"
+                    continue 2
+                fi
+                die "hawser exited at start (log: $HAWSER_LOG)"
+            fi
+            code=$(http_status)
+            if [[ $code != 000 ]]; then
+                note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT answers ($code for the empty service), log $HAWSER_LOG"
+                return 0
+            fi
+            sleep 0.1
+        done
+        die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
+    done
+    die "found no free port for hawser"
+}
+PORT=0
+start_hawser
+
+# --- helpers for a variant ----------------------------------------------------------------
+VARIANT=""
+MISSED=()
+run_backend() { # name [extra docker args...]
+    local name=$1
+    shift
+    docker run -d --name "$name" --network "$NET" \
+        --label "${RUN_LABEL}=${RUN_ID}" --label "${RUN_LABEL}.variant=${VARIANT}" \
+        --label "${PREFIX}.enable=true" --label "${PREFIX}.host=${HOST_HEADER}" \
+        --label "${PREFIX}.service=app" \
+        -e "NAME=$name" "$@" "$IMAGE" </dev/null >/dev/null || die "docker run $name failed"
+}
+
+# One GET through hawser; sets PROBE_BACKEND to its X-Backend, or "<status>" when the answer
+# is not a 200. Counts the non-200 answers these probes get while wrk runs (they are not part
+# of wrk's counts; before the load, 503 until the first backend is ready is expected).
+PROBE_NON200=0
+PROBE_BACKEND=""
+probe() {
+    local head code
+    head=$(curl -s -o /dev/null -D - --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null | tr -d '\r') || true
+    code=$(awk 'NR==1 {print $2}' <<<"$head")
+    if [[ "$code" == 200 ]]; then
+        PROBE_BACKEND=$(awk -F': *' 'tolower($1)=="x-backend" {print $2}' <<<"$head")
+    else
+        PROBE_BACKEND="<${code:-no answer}>"
+        if [[ -n "$WRK_PID" ]]; then
+            PROBE_NON200=$((PROBE_NON200 + 1))
+            at "routing probe got ${code:-no answer}"
+        fi
+    fi
+}
+
+# Waits until every named container has answered a request through hawser.
+wait_routed() {
+    local -A pending=()
+    local n b t0=$EPOCHREALTIME i=0
+    for n in "$@"; do pending[$n]=1; done
+    while ((${#pending[@]})); do
+        if (($(ms_since "$t0") > ROUTE_TIMEOUT * 1000)); then
+            for n in "${!pending[@]}"; do
+                note "not routed: $n (state: $(docker inspect -f '{{.State.Status}}' "$n" 2>/dev/null)); its log:"
+                docker logs --tail 20 "$n" 2>&1 | sed 's/^/#   /' >&2
+            done
+            die "variant $VARIANT: ${!pending[*]} not routed within ${ROUTE_TIMEOUT} s (hawser log: $HAWSER_LOG)"
+        fi
+        probe
+        b=$PROBE_BACKEND
+        if [[ -n "$b" && -n "${pending[$b]+x}" ]]; then unset 'pending[$b]'; fi
+        # Every second, make sure the containers we wait for are still running.
+        if ((++i % 20 == 0)); then
+            for n in "${!pending[@]}"; do
+                [[ $(docker inspect -f '{{.State.Running}}' "$n" 2>/dev/null) == true ]] \
+                    || die "variant $VARIANT: container $n is not running: $(docker logs --tail 5 "$n" 2>&1)"
+            done
+        fi
+        ((${#pending[@]})) && sleep 0.05
+    done
+    return 0
+}
+
+# Starts wrk in the background; its output goes to $TMP/wrk-$VARIANT.out.
+start_load() { # duration
+    WRK_OUT="$TMP/wrk-$VARIANT.out"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout "$WRK_TIMEOUT" --latency \
+        -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" >"$WRK_OUT" 2>&1 </dev/null &
+    WRK_PID=$!
+    LOAD_T0=$EPOCHREALTIME
+    note "wrk -t$THREADS -c$CONNECTIONS -d${1}s --timeout $WRK_TIMEOUT (pid $WRK_PID)"
+}
+
+at() { note "$(printf '%7s' "+$(secs_since "$LOAD_T0")s") $*"; }
+
+load_running() { kill -0 "$WRK_PID" 2>/dev/null; }
+
+# Waits for wrk, then prints the result line and context.
+finish_load() { # variant-name
+    local name=$1 rc=0
+    if ! load_running; then
+        note "WARNING: the load ended before the sequence finished; raise BENCH_DURATION"
+    fi
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    ((rc == 0)) || { cat "$WRK_OUT" >&2; die "wrk exited with status $rc"; }
+    local out requests non2xx errors
+    out=$(cat "$WRK_OUT")
+    requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
+    [[ -n "$requests" ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
+    non2xx=$(sed -nE 's/^ *Non-2xx or 3xx responses: *([0-9]+).*/\1/p' <<<"$out")
+    non2xx=${non2xx:-0}
+    errors=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
+    errors=$((${errors:-0}))
+    echo "$out" | grep -E '^ +Latency |requests in|Socket errors|Non-2xx|Requests/sec' \
+        | sed -E 's/^ +/  /; s/^/# wrk: /' >&2
+    echo "$out" | grep -E '^ +(50|99)%' | sed -E 's/^ +//' | paste -sd' ' | sed 's/^/# wrk latency percentiles: /' >&2
+    ((PROBE_NON200 == 0)) || note "the routing probes (curl) got $PROBE_NON200 non-200 answers during the load"
+    echo "variant=$name requests=$requests non2xx=$non2xx errors=$errors"
+    ((non2xx == 0 && errors == 0)) || MISSED+=("$name")
+}
+
+remove_variant_containers() {
+    local ids
+    ids=$(docker ps -aq --filter "label=${RUN_LABEL}.variant=${VARIANT}" --filter "label=${RUN_LABEL}=${RUN_ID}")
+    [[ -z "$ids" ]] || docker rm -f -v $ids >/dev/null 2>&1 </dev/null || true
+}
+
+# --- variants -----------------------------------------------------------------------------
+variant_replace() { # letter name [extra docker run args...]
+    VARIANT=$1
+    local name=$2 i t old new
+    shift 2
+    local vt0=$EPOCHREALTIME
+    PROBE_NON200=0
+    note "=== variant $name"
+    local olds=() news=()
+    for i in 1 2 3; do
+        olds+=("${PREFIX}-${VARIANT}-${i}")
+        news+=("${PREFIX}-${VARIANT}-${i}-new")
+    done
+    t=$EPOCHREALTIME
+    for old in "${olds[@]}"; do run_backend "$old" "$@"; done
+    wait_routed "${olds[@]}"
+    note "3 replicas started and routed in $(secs_since "$t") s"
+
+    start_load "$DURATION"
+    sleep "$WARMUP"
+    for i in 0 1 2; do
+        old=${olds[$i]} new=${news[$i]}
+        load_running || break
+        t=$EPOCHREALTIME
+        run_backend "$new" "$@"
+        at "docker run $new ($(secs_since "$t") s)"
+        t=$EPOCHREALTIME
+        wait_routed "$new"
+        at "$new routed ($(secs_since "$t") s after docker run returned)"
+        t=$EPOCHREALTIME
+        docker stop "$old" >/dev/null </dev/null
+        at "docker stop $old returned ($(secs_since "$t") s)"
+    done
+    at "sequence done; waiting for wrk"
+    finish_load "$name"
+    remove_variant_containers
+    note "variant $name took $(secs_since "$vt0") s"
+}
+
+variant_kill() {
+    VARIANT=c
+    local name=c-sigkill i t victim
+    local vt0=$EPOCHREALTIME
+    PROBE_NON200=0
+    note "=== variant $name"
+    local names=()
+    for i in 1 2 3; do names+=("${PREFIX}-${VARIANT}-${i}"); done
+    t=$EPOCHREALTIME
+    for i in "${names[@]}"; do run_backend "$i"; done
+    wait_routed "${names[@]}"
+    note "3 replicas started and routed in $(secs_since "$t") s"
+
+    start_load "$KILL_DURATION"
+    sleep "$KILL_AT"
+    victim=${names[1]}
+    t=$EPOCHREALTIME
+    load_running && docker kill -s KILL "$victim" >/dev/null </dev/null
+    at "docker kill -s KILL $victim returned ($(secs_since "$t") s)"
+    finish_load "$name"
+    remove_variant_containers
+    note "variant $name took $(secs_since "$vt0") s"
+}
+
+for v in "${VARIANTS[@]}"; do
+    case "$v" in
+        a) variant_replace a a-serve-after-sigterm -e "SIGTERM_DELAY_MS=$SIGTERM_DELAY_MS" ;;
+        b) variant_replace b b-exit-on-sigterm ;;
+        c) variant_kill ;;
+    esac
+done
+
+# Context from hawser's log: its warnings and errors, grouped (addresses, container names
+# and timestamps blanked), most frequent first.
+summary=$(grep -E '^\[[^ ]+ +(WARN|ERROR) ' "$HAWSER_LOG" \
+    | sed -E 's/^\[[^ ]+ +//; s/[0-9]+(\.[0-9]+){3}(:[0-9]+)?/<addr>/g; s/'"$PREFIX"'-[abc]-[0-9](-new)?/<container>/g' \
+    | sort | uniq -c | sort -rn || true)
+if [[ -n "$summary" ]]; then
+    note "hawser warnings/errors by kind (count, message):"
+    awk 'NR <= 12 { print "#  " substr($0, 1, 300) }' <<<"$summary" >&2
+fi
+if ((${#MISSED[@]})); then
+    echo "goal missed (non-2xx or errors) in: ${MISSED[*]}" >&2
+    exit 3
+fi
