@@ -31,6 +31,7 @@ use crate::catalog::{
     Catalog, Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, PublishedPort, RunState, signal_number,
 };
 use crate::config::Config;
+use crate::metrics::metrics;
 use crate::runtime::{Cause, Runtime, unix_nanos};
 
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
@@ -99,6 +100,7 @@ impl DockerWatcher {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+            metrics().docker_reconnects.inc();
         }
     }
 
@@ -190,6 +192,8 @@ impl DockerWatcher {
         if action.starts_with("exec_") {
             return None;
         }
+        // `health_status: healthy` → one series per action, not per status text.
+        metrics().docker_events.with_label_values(&[action.split(':').next().unwrap_or_default()]).inc();
         let name = cursor.containers.get(&id).map_or_else(|| short(&id).to_string(), |c| c.name.clone());
         let cause = Cause { what: format!("{action} {name}"), event_nanos: event.time_nano };
         let signal = attr("signal").unwrap_or_default();

@@ -5,13 +5,18 @@
 //! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
 //! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`), whose evidence
 //! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime.
+//! [`admin`] shows all of it (verdicts, states, [`metrics`]) and takes manual drains;
+//! [`access_log`] writes a line per request.
 //! [`config`] reads the YAML file into the model all of them use.
 
+pub mod access_log;
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod docker;
 pub mod health;
+pub mod metrics;
 pub mod passive;
 pub mod proxy;
 pub mod runtime;

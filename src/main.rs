@@ -1,8 +1,10 @@
-//! `hawser [-c FILE] [-t] [-d] [-u]`: load the configuration, build the pingora server with one
-//! proxy service and two background services (Docker discovery, health checks), run.
+//! `hawser [-c FILE] [-t] [-d] [-u]`: load the configuration, build the pingora server with the
+//! proxy service, the admin API and two background services (Docker discovery, health
+//! checks), run.
 
 use std::sync::Arc;
 
+use hawser::admin::AdminApi;
 use hawser::config::{ConfigError, Loaded};
 use hawser::docker::DockerWatcher;
 use hawser::health::HealthChecks;
@@ -36,7 +38,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime)));
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime), config.access_log));
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -47,7 +49,10 @@ fn main() {
     ));
     // Accept requests only once the containers are known (see DockerWatcher).
     proxy.add_dependency(&docker);
-    server.add_service(background_service("health checks", HealthChecks::new(runtime)));
-    log::info!("hawser listening on {:?}", config.listen);
+    server.add_service(background_service("health checks", HealthChecks::new(Arc::clone(&runtime))));
+    let mut admin = pingora::services::listening::Service::new("admin API".to_string(), AdminApi::new(runtime, &config.admin));
+    admin.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin);
+    log::info!("hawser listening on {:?}, admin API on {}", config.listen, config.admin.listen);
     server.run_forever();
 }

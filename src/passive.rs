@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::config;
+use crate::metrics::BackendMetrics;
 
 /// One backend as the proxy sees it. The runtime keeps one per backend for as long as the
 /// backend exists and hands it to pingora inside `Backend::ext`, so a selection carries it.
@@ -19,6 +20,7 @@ pub struct BackendLive {
     pub container_name: String,
     pub service: String,
     pub addr: SocketAddr,
+    pub metrics: BackendMetrics,
     failures: AtomicU32,
     ejected: AtomicBool,
 }
@@ -30,6 +32,7 @@ impl BackendLive {
             container_name: container_name.to_string(),
             service: service.to_string(),
             addr,
+            metrics: BackendMetrics::new(service, container_name),
             failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
         }

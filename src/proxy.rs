@@ -21,7 +21,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
+use crate::access_log::{AccessLog, Entry, rfc3339_millis};
 use crate::catalog::routes::normalize_host;
+use crate::config::AccessLogFormat;
+use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
 
@@ -31,17 +34,20 @@ const MAX_SELECT_ITERATIONS: usize = 4096;
 
 pub struct HawserProxy {
     runtime: Arc<Runtime>,
+    /// Metrics of requests that matched no route.
+    unrouted: ServiceMetrics,
+    access_log: Option<AccessLog>,
 }
 
 impl HawserProxy {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        HawserProxy { runtime }
+    pub fn new(runtime: Arc<Runtime>, access_log: AccessLogFormat) -> Self {
+        HawserProxy { runtime, unrouted: ServiceMetrics::new(""), access_log: AccessLog::start(access_log) }
     }
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
+    started: std::time::Instant,
     service: Option<Arc<Service>>,
     /// The Host header as the client sent it (for X-Forwarded-Host).
     host: String,
@@ -67,6 +73,7 @@ impl HawserProxy {
             return false;
         }
         ctx.retries += 1;
+        svc.metrics.retries.inc();
         true
     }
 
@@ -82,7 +89,14 @@ impl ProxyHttp for HawserProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: std::time::Instant::now(),
+            service: None,
+            host: String::new(),
+            tried: Vec::new(),
+            retries: 0,
+            backend: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -95,10 +109,11 @@ impl ProxyHttp for HawserProxy {
             .unwrap_or_default();
         let host = normalize_host(raw_host);
         let path = req.uri.path();
+        ctx.host = raw_host.to_string();
         match self.runtime.route(&host, path) {
             Some(svc) => {
                 svc.retry_budget.deposit();
-                ctx.host = raw_host.to_string();
+                svc.metrics.in_flight.inc();
                 ctx.service = Some(svc);
                 Ok(false)
             }
@@ -205,6 +220,9 @@ impl ProxyHttp for HawserProxy {
 
     /// No connection: the request never left, so any method may be retried.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(live) = &ctx.backend {
+            live.metrics.connect_errors.inc();
+        }
         self.backend_failed(ctx);
         let retry = self.take_retry(ctx);
         if let (true, Some(svc)) = (retry, &ctx.service) {
@@ -212,6 +230,39 @@ impl ProxyHttp for HawserProxy {
         }
         e.set_retry(retry);
         e
+    }
+
+    /// Every request ends here: metrics, then the access log line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.elapsed();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let metrics = match &ctx.service {
+            Some(svc) => {
+                svc.metrics.in_flight.dec();
+                &svc.metrics
+            }
+            None => &self.unrouted,
+        };
+        metrics.answered(status);
+        metrics.duration.observe(elapsed.as_secs_f64());
+        let Some(log) = &self.access_log else { return };
+        let req = session.req_header();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let upstream = ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_default();
+        log.record(&Entry {
+            time: rfc3339_millis(std::time::SystemTime::now()),
+            client: &client,
+            method: req.method.as_str(),
+            host: &ctx.host,
+            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            service: ctx.service.as_ref().map_or("", |s| s.name.as_str()),
+            backend: ctx.backend.as_ref().map_or("", |b| b.container_name.as_str()),
+            upstream: &upstream,
+            retries: ctx.retries,
+            bytes: session.body_bytes_sent(),
+        });
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {

@@ -9,22 +9,24 @@
 //!   snapshot, so no change is lost and none waits for a polling interval.
 //! - `State` is behind one mutex, held only for in-memory work (no I/O, no await).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use log::{debug, info, warn};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::routes::{HostPattern, RouteTable};
-use crate::catalog::{BackendPlan, Catalog, Probe, ServicePlan, Standing};
+use crate::catalog::{BackendPlan, Catalog, Gate, Probe, ServicePlan, Standing};
 use crate::config::{HealthPolicy, ProxyPolicy};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
+use crate::metrics::{ServiceMetrics, forget_backend, metrics};
 use crate::passive::{BackendLive, RetryBudget};
 
 /// What active health checking says about one backend.
@@ -71,6 +73,7 @@ pub struct Service {
     pub lb: LoadBalancer<RoundRobin>,
     pub proxy: ProxyPolicy,
     pub retry_budget: RetryBudget,
+    pub metrics: ServiceMetrics,
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
     wake: Notify,
     pending: Mutex<Option<Cause>>,
@@ -87,6 +90,7 @@ impl Service {
             lb,
             proxy: plan.proxy.clone(),
             retry_budget: RetryBudget::new(&plan.proxy.retry_budget),
+            metrics: ServiceMetrics::new(&plan.name),
             snapshot,
             wake: Notify::new(),
             pending: Mutex::new(None),
@@ -120,6 +124,7 @@ impl Service {
     }
 
     fn close(&self) {
+        self.metrics.remove();
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
     }
@@ -145,6 +150,7 @@ async fn run_updates(svc: Arc<Service>) {
         match cause.event_nanos {
             Some(event) => {
                 let delay_ms = (unix_nanos() - event) as f64 / 1e6;
+                metrics().discovery_latency.observe(delay_ms / 1e3);
                 info!(
                     "service {}: selector live {delay_ms:.1} ms after Docker event ({}); {ready}/{total} backends ready",
                     svc.name, cause.what
@@ -174,6 +180,8 @@ struct State {
     targets: HashMap<ProbeKey, ProbeTarget>,
     /// Every current backend's shared state with the proxy (failure runs, ejection).
     live: HashMap<ProbeKey, Arc<BackendLive>>,
+    /// Container ids drained through the admin API.
+    drained: std::collections::BTreeSet<String>,
 }
 
 /// The shared runtime. Docker discovery writes to it; the proxy and health checks read it.
@@ -195,6 +203,7 @@ impl Default for Runtime {
                 appeared: HashMap::new(),
                 targets: HashMap::new(),
                 live: HashMap::new(),
+                drained: Default::default(),
             }),
             probe_targets: watch::channel(Arc::new(Vec::new())).0,
             docker_connected: AtomicBool::new(false),
@@ -222,6 +231,7 @@ impl Runtime {
     }
 
     pub fn set_docker_connected(&self, connected: bool) {
+        metrics().docker_connected.set(i64::from(connected));
         self.docker_connected.store(connected, Ordering::Relaxed);
     }
 
@@ -293,7 +303,13 @@ impl Runtime {
             .values()
             .flat_map(|p| p.backends.iter().map(|b| (b.container_id.clone(), b.addr)))
             .collect();
-        st.live.retain(|k, _| backend_keys.contains(k));
+        st.live.retain(|k, l| {
+            let keep = backend_keys.contains(k);
+            if !keep {
+                forget_backend(&l.service, &l.container_name);
+            }
+            keep
+        });
         for plan in catalog.services.values() {
             for b in &plan.backends {
                 st.live.entry((b.container_id.clone(), b.addr)).or_insert_with(|| {
@@ -303,9 +319,11 @@ impl Runtime {
         }
         st.targets = targets.iter().map(|t| (t.key(), t.clone())).collect();
 
+        st.drained.retain(|id| catalog.verdicts.contains_key(id));
         for plan in catalog.services.values() {
+            let snapshot = snapshot_of(&plan.backends, st);
             let svc = st.services.entry(plan.name.clone()).or_insert_with(|| Service::new(plan));
-            svc.publish(snapshot_of(&plan.backends, &st.probes, &st.live), cause);
+            svc.publish(snapshot, cause);
         }
         st.services.retain(|name, svc| {
             let keep = catalog.services.contains_key(name);
@@ -344,7 +362,7 @@ impl Runtime {
         }
         let appeared = st.appeared.get(&key).cloned();
         let Some(plan) = st.catalog.services.get(&target.service) else { return };
-        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let snapshot = snapshot_of(&plan.backends, &st);
         let Some(svc) = st.services.get(&target.service).cloned() else { return };
         let what = format!("container {} {}", target.container_name, status_word(status));
         // The first pass after a container appeared: report delay from the event that brought it.
@@ -385,7 +403,7 @@ impl Runtime {
             return; // no longer a backend
         }
         let Some(plan) = st.catalog.services.get(&live.service) else { return };
-        let current = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let current = snapshot_of(&plan.backends, &st);
         let others_ready = current
             .backends
             .iter()
@@ -401,11 +419,12 @@ impl Runtime {
         if !live.eject() {
             return;
         }
+        live.metrics.ejections.inc();
         warn!(
             "backend {} ({}) of service {}: ejected for {:?} after {run} consecutive failures",
             live.container_name, live.addr, live.service, policy.duration
         );
-        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let snapshot = snapshot_of(&plan.backends, &st);
         let Some(service) = st.services.get(&live.service).cloned() else { return };
         service.publish(snapshot, &Cause { what: format!("ejection of {}", live.container_name), event_nanos: None });
         let target = st.targets.get(&key).cloned();
@@ -447,7 +466,7 @@ impl Runtime {
         let (Some(plan), Some(service)) = (st.catalog.services.get(&live.service), st.services.get(&live.service)) else {
             return;
         };
-        let snapshot = snapshot_of(&plan.backends, &st.probes, &st.live);
+        let snapshot = snapshot_of(&plan.backends, &st);
         service.publish(snapshot, &Cause { what: format!("return of {}", live.container_name), event_nanos: None });
     }
 
@@ -460,9 +479,109 @@ impl Runtime {
         }
     }
 
-    /// Probe status of every current target (for views and tests).
-    pub fn probe_statuses(&self) -> BTreeMap<String, ProbeStatus> {
-        self.state().probes.iter().map(|((id, _), s)| (id.clone(), *s)).collect()
+    /// Every service with its routes and backends, by name.
+    pub fn services_view(&self) -> Vec<ServiceView> {
+        let st = self.state();
+        st.catalog
+            .services
+            .values()
+            .map(|plan| {
+                let mut hosts: Vec<String> = Vec::new();
+                for r in &plan.routes {
+                    let h = r.host.to_string();
+                    if !hosts.contains(&h) {
+                        hosts.push(h);
+                    }
+                }
+                ServiceView {
+                    name: plan.name.clone(),
+                    hosts,
+                    path_prefix: plan.routes.first().map_or_else(|| "/".to_string(), |r| r.path_prefix.clone()),
+                    routes: plan
+                        .routes
+                        .iter()
+                        .map(|r| RouteView { host: r.host.to_string(), path_prefix: r.path_prefix.clone() })
+                        .collect(),
+                    backends: plan
+                        .backends
+                        .iter()
+                        .map(|b| BackendView {
+                            container_id: b.container_id.clone(),
+                            container_name: b.container_name.clone(),
+                            address: b.addr.to_string(),
+                            weight: b.weight,
+                            state: backend_state(b, &st),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every container hawser has seen, by name: routed (a ready backend) or why not.
+    pub fn containers_view(&self) -> Vec<ContainerView> {
+        let st = self.state();
+        let backends: HashMap<&str, &BackendPlan> = st
+            .catalog
+            .services
+            .values()
+            .flat_map(|p| p.backends.iter().map(|b| (b.container_id.as_str(), b)))
+            .collect();
+        let mut views: Vec<ContainerView> = st
+            .catalog
+            .verdicts
+            .iter()
+            .map(|(id, v)| {
+                let backend = backends.get(id.as_str());
+                let state = backend.map(|b| backend_state(b, &st));
+                // Docker's word first (the catalog's reason), then hawser's own.
+                let reason = match (v.reason.clone(), state, backend) {
+                    (Some(r), _, _) => Some(r),
+                    (None, Some(state), Some(b)) => state_reason(state, b, &st),
+                    (None, _, _) => None,
+                };
+                ContainerView {
+                    container_id: id.clone(),
+                    container_name: v.container_name.clone(),
+                    service: v.service.clone(),
+                    routed: reason.is_none(),
+                    reason,
+                    state,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+        views
+    }
+
+    /// Takes a backend out of rotation (`drained`) or puts it back, by container id, unique id
+    /// prefix or name. Lasts until undone or the container is gone. Returns its name.
+    pub fn set_drained(&self, who: &str, drained: bool) -> Result<String, DrainError> {
+        let mut st = self.state();
+        let id = resolve_container(&st.catalog, who)?;
+        let Some(plan) = st.catalog.services.values().find(|p| p.backends.iter().any(|b| b.container_id == id)) else {
+            let v = &st.catalog.verdicts[&id];
+            return Err(DrainError::NotABackend {
+                name: v.container_name.clone(),
+                reason: v.reason.clone().unwrap_or_else(|| "not a backend".into()),
+            });
+        };
+        let name = st.catalog.verdicts[&id].container_name.clone();
+        let service = plan.name.clone();
+        let changed = if drained { st.drained.insert(id.clone()) } else { st.drained.remove(&id) };
+        if changed {
+            info!(
+                "container {name}: {} through the admin API",
+                if drained { "drained (no new requests)" } else { "undrained" }
+            );
+            let plan = &st.catalog.services[&service];
+            let snapshot = snapshot_of(&plan.backends, &st);
+            if let Some(svc) = st.services.get(&service) {
+                let what = format!("{} of {name}", if drained { "drain" } else { "undrain" });
+                svc.publish(snapshot, &Cause { what, event_nanos: None });
+            }
+        }
+        Ok(name)
     }
 }
 
@@ -474,29 +593,163 @@ fn status_word(s: ProbeStatus) -> &'static str {
     }
 }
 
-/// Membership and enablement for one service: a backend is enabled only when Docker allows it,
-/// its active probe has passed and the proxy has not ejected it. Each backend carries its
-/// [`BackendLive`] so that the proxy finds it in the selection.
-fn snapshot_of(
-    backends: &[BackendPlan],
-    probes: &HashMap<ProbeKey, ProbeStatus>,
-    live: &HashMap<ProbeKey, Arc<BackendLive>>,
-) -> Snapshot {
+/// Membership and enablement for one service: only a backend in state `ready` is enabled.
+/// Each backend carries its [`BackendLive`] so that the proxy finds it in the selection.
+fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for b in backends {
-        let key = (b.container_id.clone(), b.addr);
         let mut backend = Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr), weight: b.weight, ext: Default::default() };
-        let state = live.get(&key);
-        if let Some(l) = state {
+        if let Some(l) = st.live.get(&(b.container_id.clone(), b.addr)) {
             backend.ext.insert(Arc::clone(l));
         }
-        let ready = b.gate.is_none()
-            && probes.get(&key) == Some(&ProbeStatus::Ready)
-            && !state.is_some_and(|l| l.is_ejected());
-        snapshot.enabled.insert(backend_key(&backend), ready);
+        snapshot.enabled.insert(backend_key(&backend), backend_state(b, st) == BackendState::Ready);
         snapshot.backends.insert(backend);
     }
     snapshot
+}
+
+/// The one place that decides a backend's state: Docker's word (draining, paused, its
+/// HEALTHCHECK), then a manual drain, then the proxy's ejection, then the active probe.
+fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
+    match b.gate {
+        Some(Gate::Draining) => return BackendState::Draining,
+        Some(Gate::Paused | Gate::DockerUnhealthy) => return BackendState::Unhealthy,
+        Some(Gate::Restarting | Gate::DockerStarting) => return BackendState::Starting,
+        None => {}
+    }
+    if st.drained.contains(&b.container_id) {
+        return BackendState::Draining;
+    }
+    let key = (b.container_id.clone(), b.addr);
+    if st.live.get(&key).is_some_and(|l| l.is_ejected()) {
+        return BackendState::Ejected;
+    }
+    match st.probes.get(&key) {
+        Some(ProbeStatus::Ready) => BackendState::Ready,
+        Some(ProbeStatus::Unhealthy) => BackendState::Unhealthy,
+        Some(ProbeStatus::Starting) | None => BackendState::Starting,
+    }
+}
+
+/// Why a backend that Docker allows is not ready, in hawser's own terms.
+fn state_reason(state: BackendState, b: &BackendPlan, st: &State) -> Option<String> {
+    match state {
+        BackendState::Ready => None,
+        BackendState::Starting => Some(format!("its first health check ({}) has not passed yet", b.probe)),
+        BackendState::Unhealthy => Some(format!("health check failing ({})", b.probe)),
+        BackendState::Draining if st.drained.contains(&b.container_id) => Some("drained through the admin API".into()),
+        BackendState::Draining => Some("draining".into()),
+        BackendState::Ejected => Some("ejected after consecutive failures: back when a health check passes".into()),
+    }
+}
+
+/// A container by full id, unique id prefix (as `docker ps` shows, 12 characters) or name.
+fn resolve_container(catalog: &Catalog, who: &str) -> Result<String, DrainError> {
+    let who = who.trim_start_matches('/');
+    if who.is_empty() {
+        return Err(DrainError::NotFound(who.to_string()));
+    }
+    if catalog.verdicts.contains_key(who) {
+        return Ok(who.to_string());
+    }
+    if let Some((id, _)) = catalog.verdicts.iter().find(|(_, v)| v.container_name == who) {
+        return Ok(id.clone());
+    }
+    let matches: Vec<&String> = catalog.verdicts.keys().filter(|id| id.starts_with(who)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(DrainError::NotFound(who.to_string())),
+        _ => Err(DrainError::Ambiguous(who.to_string())),
+    }
+}
+
+/// Why a drain request cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainError {
+    NotFound(String),
+    Ambiguous(String),
+    NotABackend { name: String, reason: String },
+}
+
+impl std::fmt::Display for DrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainError::NotFound(w) => write!(f, "no container {w:?} is known to hawser"),
+            DrainError::Ambiguous(w) => write!(f, "{w:?} is the start of several container ids: give more of it, or the name"),
+            DrainError::NotABackend { name, reason } => write!(f, "container {name} is not a backend: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DrainError {}
+
+/// A backend's state as the admin API and metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Ready,
+    /// Not yet passed its first health check (or Docker's HEALTHCHECK is starting).
+    Starting,
+    /// Got its stop signal, or drained through the admin API: in-flight requests finish.
+    Draining,
+    /// Failing its health check, Docker's HEALTHCHECK, or paused.
+    Unhealthy,
+    /// Taken out by passive ejection.
+    Ejected,
+}
+
+impl BackendState {
+    pub const ALL: [BackendState; 5] =
+        [BackendState::Ready, BackendState::Starting, BackendState::Draining, BackendState::Unhealthy, BackendState::Ejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Ready => "ready",
+            BackendState::Starting => "starting",
+            BackendState::Draining => "draining",
+            BackendState::Unhealthy => "unhealthy",
+            BackendState::Ejected => "ejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// Distinct hosts of its routes (`*` for any host, `*.example.com` for wildcards).
+    pub hosts: Vec<String>,
+    /// The path prefix of its first route (all routes share it unless labels differ).
+    pub path_prefix: String,
+    pub routes: Vec<RouteView>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    pub host: String,
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub container_id: String,
+    pub container_name: String,
+    pub address: String,
+    pub weight: usize,
+    pub state: BackendState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    pub container_id: String,
+    pub container_name: String,
+    pub service: Option<String>,
+    /// A ready backend of its service.
+    pub routed: bool,
+    /// Why not, when not routed.
+    pub reason: Option<String>,
+    /// Its backend state, when it is a backend.
+    pub state: Option<BackendState>,
 }
 
 #[cfg(test)]

@@ -92,6 +92,15 @@ pub enum Probe {
     Http { path: String },
 }
 
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Tcp => f.write_str("TCP connect"),
+            Probe::Http { path } => write!(f, "HTTP GET {path}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub container_name: String,

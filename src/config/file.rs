@@ -23,6 +23,9 @@ pub struct FileConfig {
     pub health_check: HealthCheckSection,
     #[serde(default)]
     pub proxy: ProxySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    pub access_log: Option<AccessLogFormat>,
     /// pingora's own `ServerConf`, embedded as-is (threads, grace_period_seconds, pid_file, …).
     pub pingora: Option<pingora::server::configuration::ServerConf>,
 }
@@ -35,6 +38,41 @@ pub struct DockerSection {
     pub network: Option<String>,
     pub exposed_by_default: Option<bool>,
     pub address: Option<AddressMode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<Listen>,
+    pub token: Option<String>,
+}
+
+/// One line per request on standard output, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Off,
+    Text,
+    Json,
+}
+
+impl<'de> Deserialize<'de> for AccessLogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // YAML 1.1 readers take a bare `off` for false; accept both spellings.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(AccessLogFormat::Off),
+            Raw::Text(t) if t == "off" => Ok(AccessLogFormat::Off),
+            Raw::Text(t) if t == "text" => Ok(AccessLogFormat::Text),
+            Raw::Text(t) if t == "json" => Ok(AccessLogFormat::Json),
+            Raw::Bool(true) => Err(D::Error::custom("expected off, text or json")),
+            Raw::Text(t) => Err(D::Error::custom(format!("{t:?}: expected off, text or json"))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

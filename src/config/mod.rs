@@ -14,7 +14,7 @@ use std::time::Duration;
 use pingora::server::configuration::ServerConf;
 
 use crate::catalog::routes::{HostPattern, RouteKey};
-pub use file::{AddressMode, CheckKind};
+pub use file::{AccessLogFormat, AddressMode, CheckKind};
 
 /// Everything hawser's runtime reads from configuration (pingora's own part is kept aside in
 /// [`Loaded::server`] because pingora takes ownership of it).
@@ -28,7 +28,19 @@ pub struct Config {
     pub health: HealthPolicy,
     /// Proxy defaults for every service.
     pub proxy: ProxyPolicy,
+    pub admin: AdminConfig,
+    pub access_log: AccessLogFormat,
 }
+
+/// The admin API: metrics, verdicts, drain. Only loopback without a token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerConfig {
@@ -341,13 +353,28 @@ impl Loaded {
             services.insert(svc_name, svc);
         }
 
+        let admin = AdminConfig {
+            listen: f.admin.listen.map_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"), |l| l.0),
+            token: f.admin.token.filter(|t| !t.is_empty()),
+        };
+        if !admin.listen.ip().is_loopback() && admin.token.is_none() {
+            return Err(err(
+                "admin.listen",
+                format!(
+                    "{} is reachable from other hosts: set admin.token (every admin request must then carry `Authorization: Bearer <token>`), or listen on 127.0.0.1",
+                    admin.listen
+                ),
+            ));
+        }
+
         let mut server = f.pingora.unwrap_or_default();
         // pingora waits 300 s after SIGTERM (or an upgrade handover) before it exits. hawser's
         // default fits `docker stop`'s 10 s, as Traefik's does; set values are kept.
         server.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
         server.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
 
-        Ok(Loaded { config: Config { listen, docker, services, health, proxy }, server })
+        let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
+        Ok(Loaded { config: Config { listen, docker, services, health, proxy, admin, access_log }, server })
     }
 }
 
@@ -459,6 +486,29 @@ pingora:
         assert_eq!(c.proxy.ejection, EjectionPolicy::default());
         let sel = api.selector.as_ref().unwrap();
         assert_eq!(sel.label, Some(("app".into(), Some("api".into()))));
+    }
+
+    #[test]
+    fn admin_needs_a_token_off_loopback() {
+        let c = load("").unwrap();
+        assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.admin.token, None);
+        let e = load("admin: {listen: \"0.0.0.0:9900\"}").unwrap_err();
+        assert_eq!(e.key, "admin.listen");
+        assert!(e.message.contains("set admin.token"), "{e}");
+        let c = load("admin: {listen: \"0.0.0.0:9900\", token: s3cret}").unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+        assert!(load("admin: {listen: \"[::1]:9900\"}").is_ok());
+    }
+
+    #[test]
+    fn access_log_formats() {
+        assert_eq!(load("").unwrap().access_log, AccessLogFormat::Off);
+        assert_eq!(load("access_log: off").unwrap().access_log, AccessLogFormat::Off);
+        assert_eq!(load("access_log: json").unwrap().access_log, AccessLogFormat::Json);
+        assert_eq!(load("access_log: text").unwrap().access_log, AccessLogFormat::Text);
+        let e = load("access_log: xml").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("access_log", Some(1)), "{e}");
     }
 
     #[test]

@@ -455,7 +455,8 @@ impl TestEnv {
         DEFAULT_CONFIG.to_string()
     }
 
-    /// Replaces the placeholders of a config template: `$LISTEN2`..`$LISTEN9` and
+    /// Replaces the placeholders of a config template (`$ADMIN` is left to
+    /// [`TestEnv::spawn_hawser`]): `$LISTEN2`..`$LISTEN9` and
     /// `$LISTEN` with distinct free `127.0.0.1:<port>` addresses, `$PREFIX` with
     /// [`TestEnv::prefix`], `$NETWORK` with [`TestEnv::network`] (created if needed).
     /// Returns the text and the addresses (`$LISTEN` first, then `$LISTEN2`, ...
@@ -508,7 +509,15 @@ impl TestEnv {
     /// Starts hawser like [`TestEnv::hawser_with_args`] but does not wait for it to
     /// listen (for tests of start-up failures; see [`Hawser::wait_exit`]).
     pub fn spawn_hawser(&self, config_yaml: &str, args: &[&str], envs: &[(&str, &str)]) -> Hawser {
-        let (text, addrs) = self.render(config_yaml);
+        let (mut text, addrs) = self.render(config_yaml);
+        // Every hawser gets its own admin port ($ADMIN, or an `admin:` section added), so
+        // that tests running side by side never fight over the default 127.0.0.1:9900.
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        if text.contains("$ADMIN") {
+            text = text.replace("$ADMIN", &admin.to_string());
+        } else if !text.lines().any(|l| l.starts_with("admin:")) {
+            text = format!("{}\nadmin:\n  listen: \"{admin}\"\n", text.trim_end());
+        }
         let n = next_n();
         let dir = tmp_dir();
         std::fs::create_dir_all(&dir).expect("create CARGO_TARGET_TMPDIR");
@@ -540,6 +549,7 @@ impl TestEnv {
         Hawser {
             addr,
             addrs,
+            admin,
             config_path,
             log_path,
             child,
@@ -885,6 +895,9 @@ pub struct Hawser {
     pub addr: SocketAddr,
     /// All rendered listen addresses: `$LISTEN`, then `$LISTEN2`, ...
     pub addrs: Vec<SocketAddr>,
+    /// The admin API's address (`$ADMIN`, or the one the harness added); meaningless when
+    /// the template set `admin.listen` itself.
+    pub admin: SocketAddr,
     /// The rendered config file (rewrite it for reload tests).
     pub config_path: PathBuf,
     /// stdout + stderr of the process.
@@ -1042,7 +1055,7 @@ fn run_hawser_check(text: &str) -> (i32, String) {
     let dir = tmp_dir();
     std::fs::create_dir_all(&dir).expect("create CARGO_TARGET_TMPDIR");
     let path = dir.join(format!("check-{}-{}.yaml", std::process::id(), next_n()));
-    std::fs::write(&path, text).expect("write config");
+    std::fs::write(&path, text.replace("$ADMIN", "127.0.0.1:9900")).expect("write config");
     let out = Command::new(env!("CARGO_BIN_EXE_hawser"))
         .arg("-t")
         .arg("-c")
