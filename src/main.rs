@@ -1,6 +1,7 @@
 //! `hawser [-c FILE] [-t] [-d] [-u]`: load the configuration, build the pingora server with the
 //! proxy service, the admin API and two background services (Docker discovery, health
-//! checks), run.
+//! checks), run. `hawser explain [CONTAINER]` asks a running hawser instead (see
+//! [`hawser::explain`]).
 
 use std::sync::Arc;
 
@@ -13,6 +14,12 @@ use hawser::runtime::Runtime;
 use pingora::prelude::{Opt, Server, background_service};
 
 fn main() {
+    // A subcommand of its own, with its own flags: decided before pingora parses argv.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "explain") {
+        std::process::exit(hawser::explain::run(args.collect()));
+    }
+
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     // pingora's own flags keep their meaning: -c, -t, -d (daemon), -u (upgrade).

@@ -122,6 +122,10 @@ impl Metrics {
 
     /// The text exposition, with backend states taken from `services` at this moment.
     pub fn render(&self, services: &[ServiceView]) -> String {
+        // The admin API answers on several threads: one scrape at a time, or two could
+        // interleave their reset and refill of the state gauge.
+        static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
         self.backend_state.reset();
         for svc in services {
             for b in &svc.backends {

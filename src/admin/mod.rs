@@ -43,8 +43,9 @@ impl AdminApi {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+            // The scheme name is case-insensitive (RFC 7235); the token is not.
+            .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+            .map_or("", |(_, token)| token);
         constant_time_eq(given.trim().as_bytes(), token.as_bytes())
     }
 
