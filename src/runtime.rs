@@ -544,6 +544,7 @@ impl Runtime {
                     container_id: id.clone(),
                     container_name: v.container_name.clone(),
                     service: v.service.clone(),
+                    opted_in: v.standing != Standing::NotOptedIn,
                     routed: reason.is_none(),
                     reason,
                     state,
@@ -744,6 +745,9 @@ pub struct ContainerView {
     pub container_id: String,
     pub container_name: String,
     pub service: Option<String>,
+    /// It asked to be routed (a label, or a service's selector): false for the many
+    /// containers that have nothing to do with hawser.
+    pub opted_in: bool,
     /// A ready backend of its service.
     pub routed: bool,
     /// Why not, when not routed.

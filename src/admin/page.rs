@@ -61,10 +61,18 @@ pub fn render(services: &[ServiceView], containers: &[ContainerView], docker_con
         h.push_str("</table>\n");
     }
 
-    let unrouted: Vec<&ContainerView> = containers.iter().filter(|c| !c.routed).collect();
+    // Containers that never asked to be routed are most of a busy host: counted, not listed.
+    let unrouted: Vec<&ContainerView> = containers.iter().filter(|c| !c.routed && c.opted_in).collect();
+    let bystanders = containers.iter().filter(|c| !c.opted_in).count();
     let _ = writeln!(h, "<h2>Containers not routed ({})</h2>", unrouted.len());
+    if bystanders > 0 {
+        let _ = writeln!(
+            h,
+            "<p id=\"not-opted-in\">{bystanders} more did not ask to be routed (no enable label, no service selector); <code>/api/containers</code> lists them.</p>"
+        );
+    }
     if unrouted.is_empty() {
-        h.push_str("<p>Every container hawser has seen is routed.</p>\n");
+        h.push_str("<p>Every container that asked to be routed is.</p>\n");
     } else {
         h.push_str("<table id=\"not-routed\">\n<tr><th>Container</th><th>Service</th><th>Why not</th></tr>\n");
         for c in unrouted {
@@ -122,6 +130,7 @@ mod tests {
             container_id: "id2".into(),
             container_name: "x<script>".into(),
             service: Some("web".into()),
+            opted_in: true,
             routed: false,
             reason: Some("exposes 80 and 443: set hawser.port".into()),
             state: None,

@@ -191,28 +191,13 @@ extern "C" fn cleanup_at_exit() {
 }
 
 fn build_backend_image(tag: &str, dockerfile: &str) {
-    ensure_docker();
     let ctx = tmp_dir().join(format!("hawser-backend-ctx-{}", std::process::id()));
     std::fs::create_dir_all(&ctx).expect("create build context");
     let bin = ctx.join("backend");
     if !bin.exists() {
         std::fs::copy(backend_binary(), &bin).expect("copy backend into build context");
     }
-    let df = ctx.join(format!("Dockerfile.{}", tag.replace([':', '/'], "_")));
-    std::fs::write(&df, dockerfile).expect("write Dockerfile");
-    // Register before building so that a half-done build is cleaned up as well.
-    lock(&TAGS).push(tag.to_string());
-    docker(&[
-        "build",
-        "-q",
-        "--label",
-        "hawser-test=1",
-        "-t",
-        tag,
-        "-f",
-        df.to_str().unwrap(),
-        ctx.to_str().unwrap(),
-    ]);
+    build_image(tag, &ctx, dockerfile);
 }
 
 /// Builds (once per process and variant) the backend image `hawser-test-backend:p<pid>`
@@ -1514,4 +1499,67 @@ pub fn direct(c: &Container, path: &str) -> Response {
         c.name, r.body
     );
     r
+}
+
+// ---------------------------------------------------------------------------
+// images from a prepared build context; the admin API
+// ---------------------------------------------------------------------------
+
+/// Builds `dockerfile` (written into `context` as `Dockerfile.hawser-test`) from the build
+/// context `context` as image `tag`, with the label `hawser-test=1`. Like the backend images,
+/// the tag is registered before the build and removed at process exit (C `atexit`, which
+/// also runs after failed tests). Choose a tag unique to this process, e.g. with
+/// `std::process::id()`. Panics with docker's output on failure.
+pub fn build_image(tag: &str, context: &Path, dockerfile: &str) {
+    ensure_docker();
+    // One Dockerfile per tag: several images may be built from one context at once.
+    let df = context.join(format!("Dockerfile.{}", tag.replace([':', '/'], "_")));
+    std::fs::write(&df, dockerfile).expect("write Dockerfile");
+    lock(&TAGS).push(tag.to_string());
+    docker(&[
+        "build",
+        "-q",
+        "--label",
+        "hawser-test=1",
+        "-t",
+        tag,
+        "-f",
+        df.to_str().expect("utf-8 path"),
+        context.to_str().expect("utf-8 path"),
+    ]);
+}
+
+/// One request to hawser's admin API at `admin` (e.g. [`Hawser::admin`]): `method` `path`,
+/// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`.
+pub fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> io::Result<Response> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    http(admin, method, "hawser-admin.test", path, &headers, b"")
+}
+
+/// A directory under [`tmp_dir`] that is removed on drop (also while panicking).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `<tmp_dir>/<name>-<pid>`, emptied first.
+    pub fn new(name: &str) -> TempDir {
+        let p = tmp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
