@@ -9,7 +9,7 @@ pub mod container;
 pub mod labels;
 pub mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ pub struct Catalog {
     pub services: BTreeMap<String, ServicePlan>,
     /// Container id → verdict, for every container seen.
     pub verdicts: BTreeMap<String, Verdict>,
+    index: Index,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,54 +131,177 @@ pub enum Standing {
     Refused,
 }
 
-/// A container that opted in and passed every check but ownership of its routes.
-struct Candidate<'a> {
-    container: &'a Container,
+/// A container that opted in: its service and parsed labels.
+#[derive(Debug, Clone, PartialEq)]
+struct Admitted {
     service: String,
     labels: Labels,
+    /// Routes its labels claim (none when its service is declared in YAML).
+    claims: Vec<RouteKey>,
+}
+
+/// What lets one container's change be re-planned without touching the rest of the fleet:
+/// which containers were admitted, and who shares a service or claims a route with whom.
+/// Containers interact only through a shared service (address uniqueness, the service's
+/// routes) or a shared route (ownership), so a change can only affect the connected part of
+/// that graph; [`Catalog::update`] re-plans exactly that part.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Index {
+    admitted: BTreeMap<String, Admitted>,
+    by_service: BTreeMap<String, BTreeSet<String>>,
+    by_route: BTreeMap<RouteKey, BTreeSet<String>>,
+    /// Routes of YAML services: owned whatever the containers say.
+    yaml_owners: HashMap<RouteKey, String>,
+}
+
+impl Index {
+    fn insert(&mut self, id: &str, a: Admitted) {
+        self.by_service.entry(a.service.clone()).or_default().insert(id.to_string());
+        for r in &a.claims {
+            self.by_route.entry(r.clone()).or_default().insert(id.to_string());
+        }
+        self.admitted.insert(id.to_string(), a);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Admitted> {
+        let a = self.admitted.remove(id)?;
+        if let Some(set) = self.by_service.get_mut(&a.service) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_service.remove(&a.service);
+            }
+        }
+        for r in &a.claims {
+            if let Some(set) = self.by_route.get_mut(r) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.by_route.remove(r);
+                }
+            }
+        }
+        Some(a)
+    }
+
+    /// The admitted containers connected to `services` and `routes`, and their services.
+    fn component(&self, mut services: Vec<String>, mut routes: Vec<RouteKey>) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut ids, mut seen_services, mut seen_routes) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        loop {
+            let members: Vec<&String> = if let Some(s) = services.pop() {
+                if !seen_services.insert(s.clone()) {
+                    continue;
+                }
+                self.by_service.get(&s).into_iter().flatten().collect()
+            } else if let Some(r) = routes.pop() {
+                if !seen_routes.insert(r.clone()) {
+                    continue;
+                }
+                self.by_route.get(&r).into_iter().flatten().collect()
+            } else {
+                break;
+            };
+            for id in members {
+                if ids.insert(id.clone()) {
+                    let a = &self.admitted[id];
+                    services.push(a.service.clone());
+                    routes.extend(a.claims.iter().cloned());
+                }
+            }
+        }
+        (ids, seen_services)
+    }
 }
 
 impl Catalog {
     /// Builds the catalog. Deterministic: the same containers and config give the same catalog
     /// whatever order they come in, so a restart of hawser routes exactly as before.
     pub fn build<'a>(config: &Config, containers: impl IntoIterator<Item = &'a Container>, env: &Environment) -> Catalog {
-        let prefix = config.docker.label_prefix.as_str();
         let mut catalog = Catalog::default();
-        let mut owners: HashMap<RouteKey, String> = HashMap::new();
-
         for svc in config.services.values() {
             for route in &svc.routes {
-                owners.insert(route.clone(), svc.name.clone());
+                catalog.index.yaml_owners.insert(route.clone(), svc.name.clone());
             }
-            catalog.services.insert(
-                svc.name.clone(),
-                ServicePlan {
-                    name: svc.name.clone(),
-                    routes: svc.routes.clone(),
-                    from_config: true,
-                    backends: Vec::new(),
-                    health: svc.health.clone(),
-                    proxy: svc.proxy.clone(),
-                },
-            );
+            catalog.services.insert(svc.name.clone(), yaml_plan(svc));
         }
-
-        let mut candidates = Vec::new();
+        let mut by_id: HashMap<&str, &Container> = HashMap::new();
         for c in containers {
-            match admit(config, c) {
-                Ok(candidate) => candidates.push(candidate),
-                Err((standing, reason)) => catalog.refuse(c, None, standing, reason),
+            by_id.insert(&c.id, c);
+            catalog.admit(config, c);
+        }
+        let ids: Vec<String> = catalog.index.admitted.keys().cloned().collect();
+        let services: BTreeSet<String> = catalog.services.keys().cloned().chain(catalog.index.by_service.keys().cloned()).collect();
+        catalog.plan(config, env, &ids, |id| by_id.get(id).copied());
+        catalog.finish(config, &services);
+        catalog
+    }
+
+    /// Re-plans after container `id` changed, appeared or (absent from `containers`) went
+    /// away: only the services and containers connected to it, old and new. Gives the same
+    /// catalog as [`Catalog::build`] on all containers (a property test checks it). Returns the
+    /// services whose plans may have changed.
+    pub fn update(
+        &mut self,
+        config: &Config,
+        env: &Environment,
+        containers: &BTreeMap<String, Container>,
+        id: &str,
+    ) -> BTreeSet<String> {
+        let (mut seed_services, mut seed_routes) = (Vec::new(), Vec::new());
+        if let Some(old) = self.index.remove(id) {
+            seed_services.push(old.service);
+            seed_routes.extend(old.claims);
+        }
+        self.verdicts.remove(id);
+        if let Some(c) = containers.get(id) {
+            self.admit(config, c);
+            if let Some(new) = self.index.admitted.get(id) {
+                seed_services.push(new.service.clone());
+                seed_routes.extend(new.claims.iter().cloned());
             }
         }
-        // Running containers claim routes before stopped ones (a leftover exited container must
-        // never take a host from a live one), then the oldest first, then by id.
-        candidates.sort_by(|a, b| {
-            let (a, b) = (a.container, b.container);
-            (!a.state.is_up(), a.created, &a.id).cmp(&(!b.state.is_up(), b.created, &b.id))
-        });
+        let (ids, services) = self.index.component(seed_services, seed_routes);
+        for name in &services {
+            match config.services.get(name) {
+                Some(svc) => {
+                    self.services.insert(name.clone(), yaml_plan(svc));
+                }
+                None => {
+                    self.services.remove(name);
+                }
+            }
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        for id in &ids {
+            self.verdicts.remove(id);
+        }
+        self.plan(config, env, &ids, |id| containers.get(id));
+        self.finish(config, &services);
+        services
+    }
 
-        for cand in candidates {
-            let c = cand.container;
+    /// Opt-in and labels of one container: into the index, or a refusal.
+    fn admit(&mut self, config: &Config, c: &Container) {
+        match admit(config, c) {
+            Ok((service, labels)) => {
+                // YAML services own their routes; labels add routes only to label-made services.
+                let claims = if config.services.contains_key(&service) { Vec::new() } else { label_routes(&labels) };
+                self.index.insert(&c.id, Admitted { service, labels, claims });
+            }
+            Err((standing, reason)) => self.refuse(c, None, standing, reason),
+        }
+    }
+
+    /// Plans the admitted containers `ids` into their services, claiming routes in a fixed
+    /// order: running containers before stopped ones (a leftover exited container must never
+    /// take a host from a live one), then the oldest first, then by id.
+    fn plan<'c>(&mut self, config: &Config, env: &Environment, ids: &[String], lookup: impl Fn(&str) -> Option<&'c Container>) {
+        let prefix = config.docker.label_prefix.as_str();
+        let mut candidates: Vec<(&'c Container, Admitted)> =
+            ids.iter().filter_map(|id| Some((lookup(id)?, self.index.admitted.get(id)?.clone()))).collect();
+        candidates.sort_by(|(a, _), (b, _)| (!a.state.is_up(), a.created, &a.id).cmp(&(!b.state.is_up(), b.created, &b.id)));
+        // Owners of label routes in this part of the graph; YAML routes are in the index.
+        let mut owners: HashMap<RouteKey, String> = HashMap::new();
+
+        for (c, cand) in candidates {
             let svc_config = config.services.get(&cand.service);
             // Resolve the address first: a container that cannot be reached is skipped whole and
             // claims nothing, so it never turns another route into a 503.
@@ -200,7 +324,7 @@ impl Catalog {
                 }) {
                     Ok(a) => Some(a),
                     Err(reason) => {
-                        catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
+                        self.refuse(c, Some(&cand.service), Standing::Refused, reason);
                         continue;
                     }
                 }
@@ -208,17 +332,16 @@ impl Catalog {
                 None
             };
 
-            // YAML services own their routes; labels add routes only to label-made services.
-            let claims = if svc_config.is_some() { Vec::new() } else { label_routes(&cand.labels) };
+            let owner_of = |r: &RouteKey| self.index.yaml_owners.get(r).or_else(|| owners.get(r));
             if let Some((route, owner)) =
-                claims.iter().find_map(|r| owners.get(r).filter(|o| **o != cand.service).map(|o| (r, o)))
+                cand.claims.iter().find_map(|r| owner_of(r).filter(|o| **o != cand.service).map(|o| (r, o.clone())))
             {
                 let reason = format!("{route} is already routed to service {owner}");
-                catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
+                self.refuse(c, Some(&cand.service), Standing::Refused, reason);
                 continue;
             }
 
-            let plan = catalog.services.entry(cand.service.clone()).or_insert_with(|| ServicePlan {
+            let plan = self.services.entry(cand.service.clone()).or_insert_with(|| ServicePlan {
                 name: cand.service.clone(),
                 routes: Vec::new(),
                 from_config: false,
@@ -226,33 +349,33 @@ impl Catalog {
                 health: config.health.clone(),
                 proxy: config.proxy.clone(),
             });
-            for route in claims {
-                if !plan.routes.contains(&route) {
+            for route in &cand.claims {
+                if !plan.routes.contains(route) {
                     owners.insert(route.clone(), cand.service.clone());
-                    plan.routes.push(route);
+                    plan.routes.push(route.clone());
                 }
             }
 
             let Some(addr) = addr else {
                 let reason = format!("container is {}", c.state.as_str());
-                catalog.refuse(c, Some(&cand.service), Standing::Waiting, reason);
+                self.refuse(c, Some(&cand.service), Standing::Waiting, reason);
                 continue;
             };
             if let Some(other) = plan.backends.iter().find(|b| b.addr == addr) {
                 let reason = format!("address {addr} is already used by container {}", other.container_name);
-                catalog.refuse(c, Some(&cand.service), Standing::Refused, reason);
+                self.refuse(c, Some(&cand.service), Standing::Refused, reason);
                 continue;
             }
             // Past draining: out of the service, though the process may still run.
             match c.departure {
                 Departure::Killed => {
-                    catalog.refuse(c, Some(&cand.service), Standing::Waiting, "container is being killed (SIGKILL)".into());
+                    self.refuse(c, Some(&cand.service), Standing::Waiting, "container is being killed (SIGKILL)".into());
                     continue;
                 }
                 Departure::Overdue => {
                     let timeout = c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
                     let reason = format!("container is still running {timeout:?} after its stop signal (its stop timeout)");
-                    catalog.refuse(c, Some(&cand.service), Standing::Waiting, reason);
+                    self.refuse(c, Some(&cand.service), Standing::Waiting, reason);
                     continue;
                 }
                 Departure::Staying | Departure::Draining => {}
@@ -267,7 +390,7 @@ impl Catalog {
                 gate,
                 stop_timeout: c.stop_timeout,
             });
-            catalog.verdicts.insert(
+            self.verdicts.insert(
                 c.id.clone(),
                 Verdict {
                     container_name: c.name.clone(),
@@ -281,26 +404,29 @@ impl Catalog {
                 },
             );
         }
+    }
 
-        // A label-made service that no container gave a host or path can never be reached.
-        let unreachable: Vec<String> =
-            catalog.services.values().filter(|s| s.routes.is_empty()).map(|s| s.name.clone()).collect();
-        for name in unreachable {
-            let plan = catalog.services.remove(&name).expect("listed above");
-            for b in plan.backends {
-                if let Some(v) = catalog.verdicts.get_mut(&b.container_id) {
-                    v.standing = Standing::Refused;
-                    v.reason = Some(format!(
-                        "service {name} has no route: set {prefix}.host or {prefix}.path, or declare it under services:"
-                    ));
+    /// Final touches on the services just planned: a label-made service that no container gave
+    /// a host or path can never be reached, so it is dropped with a reason; the rest is sorted.
+    fn finish(&mut self, config: &Config, services: &BTreeSet<String>) {
+        let prefix = config.docker.label_prefix.as_str();
+        for name in services {
+            let Some(plan) = self.services.get_mut(name) else { continue };
+            if plan.routes.is_empty() {
+                let plan = self.services.remove(name).expect("just seen");
+                for b in plan.backends {
+                    if let Some(v) = self.verdicts.get_mut(&b.container_id) {
+                        v.standing = Standing::Refused;
+                        v.reason = Some(format!(
+                            "service {name} has no route: set {prefix}.host or {prefix}.path, or declare it under services:"
+                        ));
+                    }
                 }
+                continue;
             }
-        }
-        for plan in catalog.services.values_mut() {
             plan.backends.sort_by(|a, b| a.container_name.cmp(&b.container_name));
             plan.routes.sort();
         }
-        catalog
     }
 
     fn refuse(&mut self, c: &Container, service: Option<&str>, standing: Standing, reason: String) {
@@ -322,7 +448,7 @@ impl Catalog {
 }
 
 /// Opt-in, label parsing and service choice for one container.
-fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, (Standing, String)> {
+fn admit(config: &Config, c: &Container) -> Result<(String, Labels), (Standing, String)> {
     let prefix = config.docker.label_prefix.as_str();
     let labels = Labels::parse(prefix, &c.labels).map_err(|e| (Standing::Refused, e.to_string()))?;
     if labels.enable == Some(false) {
@@ -352,7 +478,7 @@ fn admit<'a>(config: &Config, c: &'a Container) -> Result<Candidate<'a>, (Standi
     };
     validate_service_name(&service)
         .map_err(|e| (Standing::Refused, format!("cannot name its service: {e}: set {prefix}.service")))?;
-    Ok(Candidate { container: c, service, labels })
+    Ok((service, labels))
 }
 
 /// The routes a container's labels ask for: each host × the path (a path alone means any host).
@@ -364,6 +490,17 @@ fn label_routes(labels: &Labels) -> Vec<RouteKey> {
         }
         (None, Some(_)) => vec![RouteKey { host: HostPattern::Any, path_prefix: path }],
         (None, None) => Vec::new(),
+    }
+}
+
+fn yaml_plan(svc: &crate::config::ServiceConfig) -> ServicePlan {
+    ServicePlan {
+        name: svc.name.clone(),
+        routes: svc.routes.clone(),
+        from_config: true,
+        backends: Vec::new(),
+        health: svc.health.clone(),
+        proxy: svc.proxy.clone(),
     }
 }
 
@@ -541,6 +678,103 @@ mod tests {
         c.health = DockerHealth::None;
         c.state = RunState::Exited;
         assert_eq!(standing(&c), Standing::Waiting);
+    }
+
+    /// A tiny deterministic generator (xorshift): the property test needs no crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
+            options[(self.next() % options.len() as u64) as usize]
+        }
+    }
+
+    /// A random container among a small pool of names, so that changes hit shared hosts,
+    /// services, addresses and YAML-owned routes often.
+    fn random_container(rng: &mut Rng, n: usize) -> Container {
+        let ip = rng.pick(&["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]);
+        let mut c = Container::sample(&format!("c{n}"), ip);
+        c.created = (rng.next() % 5) as i64;
+        c.state = match rng.next() % 6 {
+            0 => RunState::Exited,
+            1 => RunState::Paused,
+            _ => RunState::Running,
+        };
+        if rng.next() % 5 == 0 {
+            c.departure = Departure::Draining;
+        }
+        if rng.next() % 7 != 0 {
+            c = c.label("hawser.enable", "true");
+        }
+        match rng.next() % 4 {
+            0 => {}
+            1 => c = c.label("hawser.host", rng.pick(&["a.test", "b.test", "yaml.test"])),
+            2 => c = c.label("hawser.host", "a.test,b.test"),
+            _ => c = c.label("hawser.path", rng.pick(&["/api", "/"])),
+        }
+        match rng.next() % 4 {
+            0 => c = c.label("hawser.service", rng.pick(&["s1", "s2", "yaml"])),
+            1 => c = c.label("role", "pick-me"),
+            _ => {}
+        }
+        if rng.next() % 9 == 0 {
+            c = c.label("hawser.port", "not-a-port");
+        }
+        if rng.next() % 8 == 0 {
+            c.exposed_tcp = vec![80, 443];
+        }
+        c
+    }
+
+    #[test]
+    fn incremental_updates_equal_a_full_build() {
+        let cfg = config("services:\n  yaml:\n    hosts: [yaml.test]\n    selector: {label: role=pick-me}\n");
+        let env = Environment::default();
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+            let mut containers: BTreeMap<String, Container> = BTreeMap::new();
+            let mut incremental = Catalog::build(&cfg, containers.values(), &env);
+            for step in 0..60 {
+                let n = (rng.next() % 10) as usize;
+                let id = format!("c{n}-id");
+                if rng.next() % 6 == 0 {
+                    containers.remove(&id);
+                } else {
+                    containers.insert(id.clone(), random_container(&mut rng, n));
+                }
+                incremental.update(&cfg, &env, &containers, &id);
+                let full = Catalog::build(&cfg, containers.values(), &env);
+                assert_eq!(incremental, full, "seed {seed}, step {step}: change of {id}\ncontainers: {containers:#?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_update_touches_only_its_part_of_the_fleet() {
+        let cfg = config("");
+        let mut containers: BTreeMap<String, Container> = BTreeMap::new();
+        for i in 0..50 {
+            let c = Container::sample(&format!("c{i}"), &format!("10.0.{}.{}", i / 200, i % 200 + 2))
+                .label("hawser.enable", "true")
+                .label("hawser.host", &format!("s{}.test", i / 5))
+                .label("hawser.service", &format!("s{}", i / 5));
+            containers.insert(c.id.clone(), c);
+        }
+        let mut cat = Catalog::build(&cfg, containers.values(), &Environment::default());
+        containers.get_mut("c7-id").unwrap().state = RunState::Exited;
+        let touched = cat.update(&cfg, &Environment::default(), &containers, "c7-id");
+        assert_eq!(touched, BTreeSet::from(["s1".to_string()]));
+        // A host claimed by another service pulls that service in too.
+        let intruder = Container::sample("x", "10.9.0.2").label("hawser.enable", "true").label("hawser.host", "s2.test");
+        containers.insert(intruder.id.clone(), intruder);
+        let touched = cat.update(&cfg, &Environment::default(), &containers, "x-id");
+        assert_eq!(touched, BTreeSet::from(["s2".to_string(), "x".to_string()]));
+        assert_eq!(reason(&cat, "x-id"), "host s2.test is already routed to service s2");
     }
 
     #[test]
