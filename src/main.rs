@@ -21,6 +21,14 @@ fn main() {
     }
 
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panic in a background task does not stop the process: say it in the log, on one line
+    // with where it happened, not only as a backtrace on stderr.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        log::error!("panic in thread {}: {info}", thread.name().unwrap_or("?"));
+        default_hook(info);
+    }));
 
     // pingora's own flags keep their meaning: -c, -t, -d (daemon), -u (upgrade).
     let mut opt = Opt::parse_args();

@@ -1,0 +1,599 @@
+#!/usr/bin/env bash
+# hawser against nginx and HAProxy (issue 5): the same N backend containers behind each proxy,
+# the same worker/thread count, the same client, interleaved so that drift hits all alike.
+#
+#   bench/proxy-vs-nginx.sh                                # 3 rounds x 10 s x 3 proxies, ~2 min
+#                                                          # (+1 min with BENCH_H2=1)
+#   BENCH_SECONDS=3 BENCH_ROUNDS=1 bench/proxy-vs-nginx.sh # quick look, ~20 s after the build
+#   BENCH_WORKERS=2 BENCH_H2=1 bench/proxy-vs-nginx.sh
+#
+# What it does:
+#   1. Builds the test backend (tests/support/backend.rs, std-only, keep-alive; `GET /` answers
+#      200 with its name as the body) as a static binary into a FROM-scratch image and starts
+#      BENCH_BACKENDS containers of it on a private Docker network, labelled for hawser with a
+#      run-unique label prefix (PREFIX.enable=true, PREFIX.host=bench.test, PREFIX.service=app).
+#      Their IPs (docker inspect) go into the nginx and HAProxy configurations.
+#   2. Starts, each on free loopback ports, with BENCH_WORKERS workers/threads:
+#        hawser   target/release/hawser (cargo build --release, or HAWSER_BIN), pingora.threads=W,
+#                 access_log off, its Docker discovery finds the containers by the label prefix;
+#        nginx    `nginx -p TMP -c nginx.conf -e error.log -g 'daemon off;'`, worker_processes W,
+#                 upstream of the N addresses with `keepalive 64`, proxy_http_version 1.1,
+#                 Connection "", access_log off, keepalive_requests 1000000 both towards the
+#                 clients and the upstream (nginx's default, 1000, closes a client connection
+#                 after 1000 requests: wrk reconnects at a cost hawser and HAProxy do not pay,
+#                 and h2load does not reconnect at all, which capped nginx/h2c at exactly
+#                 1000 x connections requests);
+#        HAProxy  `haproxy -f cfg -db`, nbthread W, roundrobin over the N servers,
+#                 option http-keep-alive, http-reuse always, no logging.
+#      All three do the same header work hawser does: Host passed unchanged, X-Forwarded-For
+#      (client address), X-Forwarded-Proto and X-Forwarded-Host set. Each proxy must answer 200
+#      through to every one of the N backends (X-Backend header) before anything is measured.
+#   3. Warm-up (BENCH_WARMUP s of the same load per proxy, not counted), then BENCH_ROUNDS
+#      rounds; each round drives every proxy once with
+#        wrk -t1 -c$BENCH_CONNECTIONS -d$BENCH_SECONDS --latency -H 'Host: bench.test'
+#      in an order rotated every round (hawser nginx haproxy, nginx haproxy hawser, ...).
+#
+# Figures, per proxy, aggregated over the rounds:
+#   req/s           sum of requests / sum of wrk's measured durations
+#   p50_ms, p99_ms  from wrk's --latency distribution: the MEDIAN over rounds of each round's value
+#   cpu_us_per_req  proxy utime+stime (/proc/PID/stat, 1/CLK_TCK resolution) read just before and
+#                   just after each run, summed over rounds / sum of requests. nginx: master plus
+#                   all its worker processes (its children); hawser, HAProxy: the one process (all
+#                   threads). The client (wrk) and the backends are not counted.
+#   peak_rss_mb     VmHWM from /proc/PID/status at the end (peak over the process's whole life,
+#                   warm-up and every run included). nginx: the SUM over master and workers (pages
+#                   shared between them are counted once per process, so this overstates nginx
+#                   somewhat for W > 1).
+#   rps_vs_nginx, cpu_vs_nginx   the proxy's req/s and cpu_us_per_req divided by nginx's.
+# stdout: the table only. stderr: context and one raw line per run, all starting with '#'.
+#
+# HTTP/2 (BENCH_H2=1, needs h2load from nghttp2-client): cleartext h2c with prior knowledge,
+# measured only on proxies whose listener speaks it: nginx (`listen ... http2` on a second
+# port) and HAProxy (`bind ... proto h2` on a second port); hawser is probed on its listener
+# (h2load -n1) and measured only if it answers (its pingora listener has no h2c today, so its
+# row says n/a). Load: h2load -t1 -c$BENCH_CONNECTIONS -m$BENCH_H2_STREAMS -D$BENCH_SECONDS, in
+# the same rounds after the HTTP/1.1 runs; p50/p99 are computed from h2load's per-request log
+# (h2load itself prints no percentiles). A second table follows the first on stdout, with rows
+# `hawser/h2c`, `nginx/h2c`, `haproxy/h2c` and ratios to nginx/h2c.
+#
+# Environment (defaults in brackets):
+#   BENCH_BACKENDS        backend containers [3]
+#   BENCH_WORKERS         nginx worker_processes = HAProxy nbthread = hawser pingora.threads [1]
+#   BENCH_CONNECTIONS     client connections [32]
+#   BENCH_SECONDS         seconds per run [10]
+#   BENCH_ROUNDS          rounds [3]
+#   BENCH_WARMUP          seconds of unmeasured load per proxy before round 1 (0: none) [1]
+#   BENCH_H2              1: also HTTP/2 cleartext with h2load [0]
+#   BENCH_H2_STREAMS      h2load -m (concurrent streams per connection) [1]
+#   BENCH_READY_TIMEOUT   longest wait for a proxy to reach all backends, seconds [30]
+#   HAWSER_BIN            use this hawser binary instead of `cargo build --release`
+#
+# Missing tools are installed with apt-get (sudo -n when not root): wrk, curl, nginx-light (or
+# nginx), haproxy, nghttp2-client (with BENCH_H2=1), and what the builds need. System services
+# are not touched: if installing the nginx or haproxy package starts a system service (Debian
+# does, on port 80, unless policy-rc.d forbids it), it is left running as it is; this script
+# only runs its own processes on free loopback ports and stops exactly those.
+#
+# Bounded: every run has a fixed duration and every wait a deadline; traffic goes to loopback
+# and the containers this script starts. Everything it creates (processes, containers, network,
+# image tag, temp dir) is removed on every exit, Ctrl-C and failure included; on a failure the
+# proxies' last log lines are printed and hawser's log is kept (its path is printed). Exit
+# status 0; 3 when a measured run saw non-2xx answers or socket errors; 1 on any other failure.
+set -euo pipefail
+
+BACKENDS=${BENCH_BACKENDS:-3}
+WORKERS=${BENCH_WORKERS:-1}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+WARMUP=${BENCH_WARMUP:-1}
+H2=${BENCH_H2:-0}
+H2_STREAMS=${BENCH_H2_STREAMS:-1}
+READY_TIMEOUT=${BENCH_READY_TIMEOUT:-30}
+HOST_HEADER=bench.test
+PROXIES=(hawser nginx haproxy)
+
+for v in BACKENDS WORKERS CONNECTIONS SECS ROUNDS WARMUP H2 H2_STREAMS READY_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$0: BENCH_$v must be a whole number, got '${!v}'" >&2; exit 2; }
+done
+((BACKENDS >= 1 && WORKERS >= 1 && CONNECTIONS >= 1 && SECS >= 1 && ROUNDS >= 1 && H2_STREAMS >= 1)) \
+    || { echo "$0: BENCH_BACKENDS, _WORKERS, _CONNECTIONS, _SECONDS, _ROUNDS, _H2_STREAMS must be >= 1" >&2; exit 2; }
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T_START=$EPOCHREALTIME
+
+note() { echo "# $*" >&2; }
+die() { echo "ERROR: $*" >&2; exit 1; }
+ms_since() {
+    local now=${EPOCHREALTIME/./} then=${1/./}
+    echo $(((10#$now - 10#$then) / 1000))
+}
+secs_since() { local ms; ms=$(ms_since "$1"); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
+
+# --- cleanup ------------------------------------------------------------------------------
+RUN_ID="pvn$(date +%H%M%S)$$${RANDOM}"
+RUN_LABEL="hawser-bench"
+PREFIX="hb${RUN_ID}"             # hawser label prefix: no other container can match it
+NET="hawser-bench-${RUN_ID}"
+IMAGE="hawser-bench-backend:${RUN_ID}"
+TMP=""
+NET_CREATED=0
+IMAGE_BUILT=0
+declare -A PID=()                # proxy -> pid of the process this script started
+LOAD_PID=""
+
+stop_pid() { # pid signal seconds
+    local p=$1 sig=$2 secs=$3 i
+    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
+    kill -"$sig" "$p" 2>/dev/null
+    for ((i = 0; i < secs * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    [[ -n "$LOAD_PID" ]] && stop_pid "$LOAD_PID" TERM 2
+    local workers=""
+    # nginx's workers are the master's children; remember them in case the master must be killed.
+    [[ -n "${PID[nginx]:-}" ]] && workers=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null)
+    # SIGINT: pingora's fast shutdown; nginx and HAProxy stop at once on TERM.
+    [[ -n "${PID[hawser]:-}" ]] && stop_pid "${PID[hawser]}" INT 10
+    [[ -n "${PID[nginx]:-}" ]] && stop_pid "${PID[nginx]}" TERM 5
+    for w in $workers; do kill -0 "$w" 2>/dev/null && kill -KILL "$w" 2>/dev/null; done
+    [[ -n "${PID[haproxy]:-}" ]] && stop_pid "${PID[haproxy]}" TERM 5
+    local ids
+    ids=$(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
+    [[ -n "$ids" ]] && docker rm -f -v $ids >/dev/null 2>&1
+    ((NET_CREATED)) && docker network rm "$NET" >/dev/null 2>&1
+    ((IMAGE_BUILT)) && docker rmi -f "$IMAGE" >/dev/null 2>&1
+    if ((rc == 1)) && [[ -n "$TMP" ]]; then
+        local f
+        for f in "$TMP"/hawser.log "$TMP"/nginx/error.log "$TMP"/haproxy.log; do
+            [[ -s "$f" ]] || continue
+            echo "--- last 20 lines of ${f#"$TMP"/} (backtrace frames left out):" >&2
+            grep -vE '^ +([0-9]+: | *at )' "$f" | tail -n 20 >&2
+        done
+    fi
+    if ((rc == 1)) && [[ -s "$TMP/hawser.log" ]]; then
+        cp "$TMP/hawser.log" "${TMPDIR:-/tmp}/hawser-pvn-${RUN_ID}.log" \
+            && note "hawser log kept: ${TMPDIR:-/tmp}/hawser-pvn-${RUN_ID}.log"
+    fi
+    [[ -n "$TMP" ]] && rm -rf "$TMP"
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'echo "terminated" >&2; exit 143' TERM
+
+# --- prerequisites ------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+export PATH="$PATH:/usr/sbin:/sbin" # nginx and haproxy live in /usr/sbin
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ps >/dev/null 2>&1 || need+=(procps)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+NGINX_PKG=""
+command -v nginx >/dev/null 2>&1 || NGINX_PKG=nginx-light
+if ((H2)) && ! command -v h2load >/dev/null 2>&1; then need+=(nghttp2-client); fi
+if [[ -z "${HAWSER_BIN:-}" ]]; then
+    command -v cmake >/dev/null 2>&1 || need+=(cmake)
+    command -v cc >/dev/null 2>&1 || need+=(build-essential)
+fi
+pkg_installed libc6-dev || need+=(libc6-dev) # the static backend needs libc.a
+if ((${#need[@]})) || [[ -n "$NGINX_PKG" ]]; then
+    SUDO=()
+    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
+    export DEBIAN_FRONTEND=noninteractive
+    note "installing: ${need[*]} $NGINX_PKG (system services the packages may start are left alone)"
+    "${SUDO[@]}" apt-get update -q </dev/null >&2 || die "apt-get update failed"
+    if [[ -n "$NGINX_PKG" ]] && ! apt-cache show nginx-light >/dev/null 2>&1; then NGINX_PKG=nginx; fi
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" $NGINX_PKG </dev/null >&2 \
+        || die "apt-get install ${need[*]} $NGINX_PKG failed"
+fi
+for tool in wrk curl ps nginx haproxy docker rustc; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
+done
+if ((H2)) && ! command -v h2load >/dev/null 2>&1; then die "h2load not found (nghttp2-client)"; fi
+docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-pvn.XXXXXX")
+note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
+
+# --- hawser binary ------------------------------------------------------------------------
+t=$EPOCHREALTIME
+if [[ -n "${HAWSER_BIN:-}" ]]; then
+    [[ -x "$HAWSER_BIN" ]] || die "HAWSER_BIN=$HAWSER_BIN is not executable"
+    HAWSER=$HAWSER_BIN
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
+    note "cargo build --release (may wait on the build lock of another build)"
+    (cd "$REPO" && cargo build --release --bin hawser </dev/null >&2) || die "cargo build --release failed"
+    HAWSER="$REPO/target/release/hawser"
+fi
+note "hawser binary $HAWSER ($(secs_since "$t") s)"
+
+# --- backends -----------------------------------------------------------------------------
+t=$EPOCHREALTIME
+mkdir -p "$TMP/ctx"
+rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
+    -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
+printf 'FROM scratch\nCOPY backend /backend\nEXPOSE 80\nENTRYPOINT ["/backend"]\n' >"$TMP/ctx/Dockerfile"
+IMAGE_BUILT=1 # before the build, so that a half-done build is removed as well
+docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
+    || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
+NET_CREATED=1
+docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
+    || die "docker network create $NET failed"
+NAMES=()
+IPS=()
+for ((i = 1; i <= BACKENDS; i++)); do
+    name="${PREFIX}-b${i}"
+    docker run -d --name "$name" --network "$NET" \
+        --label "${RUN_LABEL}=${RUN_ID}" \
+        --label "${PREFIX}.enable=true" --label "${PREFIX}.host=${HOST_HEADER}" \
+        --label "${PREFIX}.service=app" \
+        -e "NAME=$name" "$IMAGE" </dev/null >/dev/null || die "docker run $name failed"
+    NAMES+=("$name")
+done
+for name in "${NAMES[@]}"; do
+    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$name" </dev/null) \
+        || die "docker inspect $name failed"
+    [[ $ip =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "no IP for $name on $NET (got '$ip')"
+    IPS+=("$ip")
+done
+note "$BACKENDS backends (image $IMAGE, network $NET): ${IPS[*]} ($(secs_since "$t") s)"
+
+# --- ports --------------------------------------------------------------------------------
+# Ports below the kernel's ephemeral range (which outgoing connections, e.g. the proxies' own
+# upstream connections, take from), not in use by any TCP socket.
+declare -A TAKEN=()
+read -r EPH_LO _ </proc/sys/net/ipv4/ip_local_port_range
+PORT_LO=10000 PORT_HI=$((EPH_LO - 1))
+((PORT_HI - PORT_LO >= 1000)) || { PORT_LO=20000 PORT_HI=60000; }
+free_port() { # prints a free loopback TCP port not handed out before
+    local p tries
+    for ((tries = 0; tries < 200; tries++)); do
+        p=$((PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1)))
+        [[ -z "${TAKEN[$p]:-}" ]] || continue
+        [[ -z "$(ss -Hatn "sport = :$p" 2>/dev/null)" ]] || continue
+        TAKEN[$p]=1
+        echo "$p"
+        return 0
+    done
+    die "found no free port"
+}
+declare -A PORT=() H2PORT=()
+PORT[hawser]=$(free_port)
+ADMIN_PORT=$(free_port)
+PORT[nginx]=$(free_port)
+PORT[haproxy]=$(free_port)
+if ((H2)); then
+    H2PORT[hawser]=${PORT[hawser]} # probed; pingora would serve h2c on the same listener
+    H2PORT[nginx]=$(free_port)
+    H2PORT[haproxy]=$(free_port)
+fi
+
+# --- configurations -----------------------------------------------------------------------
+cat >"$TMP/hawser.yaml" <<EOF
+listen: ["127.0.0.1:${PORT[hawser]}"]
+admin: {listen: "127.0.0.1:$ADMIN_PORT"}
+docker: {label_prefix: $PREFIX}
+access_log: off
+pingora: {threads: $WORKERS}
+EOF
+
+NGX="$TMP/nginx"
+mkdir -p "$NGX"
+{
+    echo "worker_processes $WORKERS;"
+    echo "pid $NGX/nginx.pid;"
+    echo "error_log $NGX/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "    access_log off;"
+    echo "    keepalive_requests 1000000;"
+    for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $NGX/$d;"; done
+    echo "    upstream app {"
+    for ip in "${IPS[@]}"; do echo "        server $ip:80;"; done
+    echo "        keepalive 64;"
+    echo "        keepalive_requests 1000000;"
+    echo "    }"
+    echo "    server {"
+    echo "        listen 127.0.0.1:${PORT[nginx]};"
+    ((H2)) && echo "        listen 127.0.0.1:${H2PORT[nginx]} http2;"
+    echo "        location / {"
+    echo "            proxy_pass http://app;"
+    echo "            proxy_http_version 1.1;"
+    echo "            proxy_set_header Connection \"\";"
+    echo "            proxy_set_header Host \$http_host;"
+    echo "            proxy_set_header X-Forwarded-For \$remote_addr;"
+    echo "            proxy_set_header X-Forwarded-Proto \$scheme;"
+    echo "            proxy_set_header X-Forwarded-Host \$http_host;"
+    echo "        }"
+    echo "    }"
+    echo "}"
+} >"$NGX/nginx.conf"
+
+# HAProxy refuses to start when maxconn needs more file descriptors than it may open.
+FD_LIMIT=$(ulimit -Hn)
+[[ $FD_LIMIT =~ ^[0-9]+$ ]] || FD_LIMIT=1048576 # "unlimited"
+MAXCONN=$(((FD_LIMIT - 200) / 2))
+((MAXCONN <= 4096)) || MAXCONN=4096
+((MAXCONN >= CONNECTIONS + 16)) || die "the file descriptor limit ($FD_LIMIT) is too low for $CONNECTIONS connections"
+{
+    echo "global"
+    echo "    nbthread $WORKERS"
+    echo "    maxconn $MAXCONN"
+    echo "defaults"
+    echo "    mode http"
+    echo "    option http-keep-alive"
+    echo "    http-reuse always"
+    echo "    timeout connect 1s"
+    echo "    timeout client 60s"
+    echo "    timeout server 60s"
+    echo "frontend fe"
+    echo "    bind 127.0.0.1:${PORT[haproxy]}"
+    ((H2)) && echo "    bind 127.0.0.1:${H2PORT[haproxy]} proto h2"
+    echo "    option forwardfor"
+    echo "    http-request set-header X-Forwarded-Proto http"
+    echo "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"
+    echo "    default_backend app"
+    echo "backend app"
+    echo "    balance roundrobin"
+    i=0
+    for ip in "${IPS[@]}"; do i=$((i + 1)); echo "    server b$i $ip:80"; done
+} >"$TMP/haproxy.cfg"
+
+"$HAWSER" -t -c "$TMP/hawser.yaml" >"$TMP/hawser.log" 2>&1 </dev/null || die "hawser refused $TMP/hawser.yaml"
+nginx -t -q -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" </dev/null >"$TMP/nginx-t.log" 2>&1 \
+    || { cat "$TMP/nginx-t.log" >&2; die "nginx -t refused the generated configuration"; }
+haproxy -c -q -f "$TMP/haproxy.cfg" </dev/null >"$TMP/haproxy-c.log" 2>&1 \
+    || { cat "$TMP/haproxy-c.log" >&2; die "haproxy -c refused the generated configuration"; }
+
+# --- start the proxies ----------------------------------------------------------------------
+RUST_LOG=${RUST_LOG:-warn} "$HAWSER" -c "$TMP/hawser.yaml" >>"$TMP/hawser.log" 2>&1 </dev/null &
+PID[hawser]=$!
+nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" -g 'daemon off;' >"$NGX/stdout.log" 2>&1 </dev/null &
+PID[nginx]=$!
+haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 </dev/null &
+PID[haproxy]=$!
+
+# Waits until the proxy has answered 200 from every backend (X-Backend names all seen).
+wait_ready() { # proxy
+    local px=$1 t0=$EPOCHREALTIME head code b
+    local -A seen=()
+    while ((${#seen[@]} < BACKENDS)); do
+        kill -0 "${PID[$px]}" 2>/dev/null || die "$px exited at start"
+        (($(ms_since "$t0") < READY_TIMEOUT * 1000)) \
+            || die "$px did not reach all $BACKENDS backends within ${READY_TIMEOUT} s (reached: ${!seen[*]})"
+        head=$(curl -s -o /dev/null -D - --max-time 2 -H "Host: $HOST_HEADER" \
+            "http://127.0.0.1:${PORT[$px]}/" 2>/dev/null | tr -d '\r') || true
+        code=$(awk 'NR==1 {print $2}' <<<"$head")
+        b=$(awk -F': *' 'tolower($1)=="x-backend" {print $2}' <<<"$head")
+        if [[ $code == 200 && -n $b ]]; then
+            seen[$b]=1
+        else
+            sleep 0.05
+        fi
+    done
+    note "$px pid ${PID[$px]} on 127.0.0.1:${PORT[$px]}: 200 from all $BACKENDS backends after $(secs_since "$t0") s"
+}
+for px in "${PROXIES[@]}"; do wait_ready "$px"; done
+
+# nginx's worker processes (children of the master).
+nginx_pids() {
+    local w
+    w=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null | tr -s ' \n' ' ')
+    echo "${PID[nginx]} $w"
+}
+PIDSET_NGINX=$(nginx_pids)
+read -r -a _w <<<"$PIDSET_NGINX"
+((${#_w[@]} == WORKERS + 1)) || die "expected 1 nginx master and $WORKERS workers, found pids: $PIDSET_NGINX"
+proc_pids() { # proxy -> the pids whose CPU/RSS count for it
+    if [[ $1 == nginx ]]; then echo "$PIDSET_NGINX"; else echo "${PID[$1]}"; fi
+}
+cpu_ticks() { # pids... -> sum of utime+stime in clock ticks
+    local p sum=0 s
+    for p in "$@"; do
+        s=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') \
+            || die "process $p vanished during the benchmark"
+        [[ -n $s ]] || die "process $p vanished during the benchmark"
+        sum=$((sum + s))
+    done
+    echo "$sum"
+}
+hwm_kb() { # pids... -> sum of VmHWM in kB
+    local p sum=0 s
+    for p in "$@"; do
+        s=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null) || s=0
+        sum=$((sum + ${s:-0}))
+    done
+    echo "$sum"
+}
+
+note "nginx $(nginx -v 2>&1 | sed 's/.*version: //'), $(haproxy -v 2>/dev/null | head -n1 | awk '{print "HAProxy", $3}'), $(wrk --version 2>&1 | head -n1 | awk '{print "wrk", $2}')"
+note "workers/threads per proxy: $WORKERS; nginx pids (master workers): $PIDSET_NGINX; hawser pid ${PID[hawser]}; haproxy pid ${PID[haproxy]}"
+
+# --- h2c probe ------------------------------------------------------------------------------
+H2_PROXIES=()
+declare -A H2_OK=()
+if ((H2)); then
+    for px in "${PROXIES[@]}"; do
+        out=$(timeout 5 h2load -n1 -c1 -t1 -H ":authority: $HOST_HEADER" \
+            "http://127.0.0.1:${H2PORT[$px]}/" 2>&1 </dev/null) || true
+        if grep -qE '^requests: 1 total, 1 started, 1 done, 1 succeeded' <<<"$out" \
+            && grep -qE '^status codes: 1 2xx' <<<"$out"; then
+            H2_OK[$px]=1
+            H2_PROXIES+=("$px")
+            note "$px answers h2c on 127.0.0.1:${H2PORT[$px]}"
+        else
+            note "$px: no h2c on its listener (h2load -n1 did not get a 2xx): left out of the HTTP/2 runs"
+        fi
+    done
+fi
+
+# --- runs -----------------------------------------------------------------------------------
+to_ms() { # "612.00us" | "1.23ms" | "2.00s" | "1.00m" -> milliseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) ; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+to_secs() { # "3.00s" | "1.00m" | "900.00ms" -> seconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /ms$/) n /= 1000; else if (v ~ /m$/) n *= 60; else if (v ~ /h$/) n *= 3600
+        printf "%.3f", n }'
+}
+
+# Results per key "proto:proxy": space-separated per-round values.
+declare -A R_REQS=() R_SECS=() R_TICKS=() R_P50=() R_P99=()
+BAD_RUNS=0
+HZ=$(getconf CLK_TCK)
+
+# One wrk run; sets REQS SECS_RUN P50 P99 BAD (non-2xx + socket errors).
+run_wrk() { # proxy seconds
+    local out
+    wrk -t1 -c"$CONNECTIONS" -d"${2}s" --latency -H "Host: $HOST_HEADER" \
+        "http://127.0.0.1:${PORT[$1]}/" >"$TMP/load.out" 2>&1 </dev/null &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "wrk against $1 failed"; }
+    LOAD_PID=""
+    out=$(cat "$TMP/load.out")
+    REQS=$(awk '/ requests in / {print $1}' <<<"$out")
+    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
+    SECS_RUN=$(to_secs "$(awk '/ requests in / {sub(",", "", $4); print $4}' <<<"$out")")
+    P50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    P99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    local non2xx errs
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+    errs=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
+    BAD=$((${non2xx:-0} + ${errs:-0}))
+}
+
+# One h2load run; sets the same variables. p50/p99 from the per-request log (3rd column: µs).
+run_h2load() { # proxy seconds
+    local out log="$TMP/h2.log"
+    rm -f "$log"
+    timeout $(($2 + 30)) h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$2" \
+        -H ":authority: $HOST_HEADER" --log-file="$log" \
+        "http://127.0.0.1:${H2PORT[$1]}/" >"$TMP/load.out" 2>&1 </dev/null &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "h2load against $1 failed"; }
+    LOAD_PID=""
+    out=$(cat "$TMP/load.out")
+    # "requests: 123 total, 123 started, 123 done, 120 succeeded, 3 failed, 0 errored, 0 timeout"
+    REQS=$(awk '/^requests:/ {print $8}' <<<"$out")
+    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse h2load's output"; }
+    # "finished in 3.00s, 41234.33 req/s, 1.23MB/s"
+    SECS_RUN=$(to_secs "$(awk '/^finished in/ {sub(",", "", $3); print $3}' <<<"$out")")
+    local failed non2xx
+    failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
+    non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
+    BAD=$((${failed:-0} + ${non2xx:-0}))
+    read -r P50 P99 < <(awk '{print $3}' "$log" | sort -n | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "0 0"; exit }
+        i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+}
+
+measure() { # proto round proxy
+    local proto=$1 round=$2 px=$3 before after key pids
+    pids=$(proc_pids "$px")
+    before=$(cpu_ticks $pids)
+    if [[ $proto == h1 ]]; then run_wrk "$px" "$SECS"; else run_h2load "$px" "$SECS"; fi
+    after=$(cpu_ticks $pids)
+    [[ $px != nginx || "$(nginx_pids)" == "$PIDSET_NGINX" ]] \
+        || die "nginx's worker processes changed during the run (a worker died?)"
+    key="$proto:$px"
+    R_REQS[$key]="${R_REQS[$key]:-} $REQS"
+    R_SECS[$key]="${R_SECS[$key]:-} $SECS_RUN"
+    R_TICKS[$key]="${R_TICKS[$key]:-} $((after - before))"
+    R_P50[$key]="${R_P50[$key]:-} $P50"
+    R_P99[$key]="${R_P99[$key]:-} $P99"
+    awk -v r="$round" -v p="$proto" -v x="$px" -v n="$REQS" -v s="$SECS_RUN" -v t="$((after - before))" \
+        -v hz="$HZ" -v a="$P50" -v b="$P99" -v bad="$BAD" 'BEGIN {
+        printf "# round %d %s %-8s requests=%d secs=%.2f req/s=%.0f p50_ms=%.3f p99_ms=%.3f cpu_ticks=%d cpu_us_per_req=%.1f bad=%d\n",
+            r, p, x, n, s, n / s, a, b, t, (n ? t / hz * 1e6 / n : 0), bad }' >&2
+    if ((BAD)); then
+        note "WARNING: $proto $px round $round: $BAD non-2xx answers or socket errors"
+        BAD_RUNS=$((BAD_RUNS + 1))
+    fi
+}
+
+if ((WARMUP)); then
+    t=$EPOCHREALTIME
+    for px in "${PROXIES[@]}"; do run_wrk "$px" "$WARMUP"; done
+    for px in "${H2_PROXIES[@]}"; do run_h2load "$px" "$WARMUP"; done
+    note "warm-up: ${WARMUP} s per proxy and protocol ($(secs_since "$t") s)"
+fi
+
+n=${#PROXIES[@]}
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=()
+    for ((k = 0; k < n; k++)); do order+=("${PROXIES[$(((round - 1 + k) % n))]}"); done
+    for px in "${order[@]}"; do measure h1 "$round" "$px"; done
+    for px in "${order[@]}"; do
+        if [[ -n "${H2_OK[$px]:-}" ]]; then measure h2 "$round" "$px"; fi
+    done
+done
+
+# --- table ----------------------------------------------------------------------------------
+declare -A RSS_KB=()
+for px in "${PROXIES[@]}"; do RSS_KB[$px]=$(hwm_kb $(proc_pids "$px")); done
+
+# Prints "rps p50 p99 cpu_us" for a key (medians of the per-round latencies).
+aggregate() {
+    awk -v reqs="${R_REQS[$1]}" -v secs="${R_SECS[$1]}" -v ticks="${R_TICKS[$1]}" \
+        -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v hz="$HZ" '
+    function sum(s,   a, n, i, t) { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; return t }
+    function median(s,   a, n, i, j, x) {
+        n = split(s, a, " ")
+        for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    BEGIN {
+        r = sum(reqs); s = sum(secs); t = sum(ticks)
+        printf "%.1f %.3f %.3f %.2f\n", (s ? r / s : 0), median(p50), median(p99), (r ? t / hz * 1e6 / r : 0) }'
+}
+
+print_table() { # proto suffix
+    local proto=$1 sfx=$2 px key base_rps="" base_cpu="" rps p50 p99 cpu
+    if [[ -n "${R_REQS[$proto:nginx]:-}" ]]; then read -r base_rps _ _ base_cpu <<<"$(aggregate "$proto:nginx")"; fi
+    printf '%-12s %9s %8s %8s %15s %12s %13s %13s\n' \
+        proxy req/s p50_ms p99_ms cpu_us_per_req peak_rss_mb rps_vs_nginx cpu_vs_nginx
+    for px in "${PROXIES[@]}"; do
+        key="$proto:$px"
+        if [[ -z "${R_REQS[$key]:-}" ]]; then
+            printf '%-12s %9s %8s %8s %15s %12s %13s %13s\n' "$px$sfx" n/a - - - - - -
+            continue
+        fi
+        read -r rps p50 p99 cpu <<<"$(aggregate "$key")"
+        awk -v px="$px$sfx" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v rss="${RSS_KB[$px]}" \
+            -v brps="$base_rps" -v bcpu="$base_cpu" 'BEGIN {
+            rr = (brps + 0 > 0) ? sprintf("%.3f", rps / brps) : "-"
+            cr = (bcpu + 0 > 0) ? sprintf("%.3f", cpu / bcpu) : "-"
+            printf "%-12s %9.0f %8.3f %8.3f %15.1f %12.1f %13s %13s\n", px, rps, p50, p99, cpu, rss / 1024, rr, cr }'
+    done
+}
+
+note "aggregated over $ROUNDS round(s) of ${SECS} s: req/s = sum requests / sum seconds, p50/p99 = median over rounds,"
+note "cpu = sum utime+stime / sum requests (nginx: master + $WORKERS worker(s)), peak RSS = VmHWM (nginx: sum over master + workers)"
+print_table h1 ""
+if ((H2)); then
+    echo
+    print_table h2 "/h2c"
+fi
+
+if ((BAD_RUNS)); then
+    note "$BAD_RUNS measured run(s) saw non-2xx answers or socket errors (see WARNING lines)"
+    exit 3
+fi
