@@ -1,0 +1,93 @@
+//! The pure routing path at fleet scale (issue 5): 10,000 containers in 1,000 services.
+//!
+//! - `catalog/build`: planning everything, as at start-up or after a resync;
+//! - `catalog/update`: one container event (a container stops, then starts again), which must
+//!   cost in proportion to its service, not to the fleet;
+//! - `routes/lookup`: one request's route lookup, exact host and wildcard.
+//!
+//! `cargo bench --bench catalog`
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hawser::catalog::routes::{HostPattern, RouteKey, RouteTable, normalize_host};
+use hawser::catalog::{Catalog, Container, Departure, DockerHealth, Environment, RunState};
+use hawser::config::Config;
+
+const SERVICES: usize = 1_000;
+const CONTAINERS: usize = 10_000;
+
+fn container(i: usize) -> Container {
+    let service = format!("svc{}", i % SERVICES);
+    let labels: BTreeMap<String, String> = [
+        ("hawser.enable", "true".to_string()),
+        ("hawser.service", service.clone()),
+        ("hawser.host", format!("{service}.example.com")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let ip = IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8));
+    Container {
+        id: format!("{i:064x}"),
+        name: format!("{service}-{}", i / SERVICES),
+        image: "app:1".into(),
+        created: i as i64,
+        labels,
+        state: RunState::Running,
+        departure: Departure::Staying,
+        health: DockerHealth::None,
+        network_mode: "fleet".into(),
+        networks: [("fleet".to_string(), Some(ip))].into(),
+        exposed_tcp: vec![80],
+        published: Vec::new(),
+        stop_timeout: None,
+        stop_signal: None,
+    }
+}
+
+fn fleet() -> BTreeMap<String, Container> {
+    (0..CONTAINERS).map(container).map(|c| (c.id.clone(), c)).collect()
+}
+
+fn catalog(c: &mut Criterion) {
+    let config = Config::default();
+    let env = Environment::default();
+    let mut containers = fleet();
+    c.bench_function("catalog/build 10k containers, 1k services", |b| {
+        b.iter(|| Catalog::build(&config, black_box(containers.values()), &env))
+    });
+
+    let mut cat = Catalog::build(&config, containers.values(), &env);
+    let id = container(4_321).id;
+    let mut running = true;
+    c.bench_function("catalog/update one container event (10k fleet)", |b| {
+        b.iter(|| {
+            running = !running;
+            containers.get_mut(&id).expect("in the fleet").state =
+                if running { RunState::Running } else { RunState::Exited };
+            black_box(cat.update(&config, &env, &containers, &id))
+        })
+    });
+}
+
+fn routes(c: &mut Criterion) {
+    let mut entries: Vec<(RouteKey, usize)> = (0..SERVICES)
+        .map(|i| (RouteKey { host: HostPattern::Exact(format!("svc{i}.example.com")), path_prefix: "/".into() }, i))
+        .collect();
+    entries.extend((0..100).map(|i| {
+        (RouteKey { host: HostPattern::parse(&format!("*.tenant{i}.example.net")).unwrap(), path_prefix: "/".into() }, i)
+    }));
+    let table = RouteTable::build(entries);
+    c.bench_function("routes/lookup exact host (1k hosts, 100 wildcards)", |b| {
+        b.iter(|| table.lookup(&normalize_host(black_box("svc500.example.com:8080")), black_box("/api/items")).copied())
+    });
+    c.bench_function("routes/lookup wildcard host (last of 100 wildcards)", |b| {
+        b.iter(|| table.lookup(&normalize_host(black_box("a.tenant99.example.net")), black_box("/")).copied())
+    });
+}
+
+criterion_group!(benches, catalog, routes);
+criterion_main!(benches);
