@@ -3,6 +3,8 @@
 //! - `catalog/build`: planning everything, as at start-up or after a resync;
 //! - `catalog/update`: one container event (a container stops, then starts again), which must
 //!   cost in proportion to its service, not to the fleet;
+//! - `runtime/update_container`: the same event through the live side too (catalog, probe
+//!   targets, the service's load balancer snapshot), as the Docker watcher applies it;
 //! - `routes/lookup`: one request's route lookup, exact host and wildcard.
 //!
 //! `cargo bench --bench catalog`
@@ -15,6 +17,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hawser::catalog::routes::{HostPattern, RouteKey, RouteTable, normalize_host};
 use hawser::catalog::{Catalog, Container, Departure, DockerHealth, Environment, RunState};
 use hawser::config::Config;
+use hawser::runtime::{Cause, Runtime};
 
 const SERVICES: usize = 1_000;
 const CONTAINERS: usize = 10_000;
@@ -73,6 +76,28 @@ fn catalog(c: &mut Criterion) {
     });
 }
 
+fn runtime(c: &mut Criterion) {
+    let config = Config::default();
+    let env = Environment::default();
+    let mut containers = fleet();
+    // Services spawn their updater task: the runtime needs a tokio context.
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+    let _guard = tokio.enter();
+    let rt = Runtime::new();
+    let cause = Cause { what: "bench".into(), event_nanos: None };
+    rt.apply(Catalog::build(&config, containers.values(), &env), &cause);
+    let id = container(4_321).id;
+    let mut running = true;
+    c.bench_function("runtime/update_container one container event (10k fleet)", |b| {
+        b.iter(|| {
+            running = !running;
+            containers.get_mut(&id).expect("in the fleet").state =
+                if running { RunState::Running } else { RunState::Exited };
+            rt.update_container(&config, &env, &containers, &id, &cause);
+        })
+    });
+}
+
 fn routes(c: &mut Criterion) {
     let mut entries: Vec<(RouteKey, usize)> = (0..SERVICES)
         .map(|i| (RouteKey { host: HostPattern::Exact(format!("svc{i}.example.com")), path_prefix: "/".into() }, i))
@@ -89,5 +114,5 @@ fn routes(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, catalog, routes);
+criterion_group!(benches, catalog, runtime, routes);
 criterion_main!(benches);

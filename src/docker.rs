@@ -151,8 +151,10 @@ impl DockerWatcher {
             let event = tokio::select! {
                 event = events.next() => event,
                 _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)), if next_deadline.is_some() => {
-                    if let Some(cause) = expire_drains(cursor) {
-                        self.rebuild(cursor, &cause);
+                    if let Some((cause, ids)) = expire_drains(cursor) {
+                        for id in ids {
+                            self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
+                        }
                     }
                     continue;
                 }
@@ -160,8 +162,9 @@ impl DockerWatcher {
             let Some(event) = event else { break };
             let event = event.map_err(|e| format!("event stream broken: {e}"))?;
             let time = event.time_nano.unwrap_or_else(unix_nanos);
-            if let Some(cause) = self.handle(&docker, cursor, &event).await {
-                self.rebuild(cursor, &cause);
+            if let Some((cause, id)) = self.handle(&docker, cursor, &event).await {
+                // One container changed: only what it touches is re-planned.
+                self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
             }
             // Replays start strictly after the last handled event's second boundary, so
             // take a small margin: handling twice is harmless, missing one is not.
@@ -175,8 +178,9 @@ impl DockerWatcher {
         self.runtime.apply(catalog, cause);
     }
 
-    /// Applies one event to the container map; returns a cause when routing may have changed.
-    async fn handle(&self, docker: &Docker, cursor: &mut Cursor, event: &EventMessage) -> Option<Cause> {
+    /// Applies one event to the container map; returns the cause and the container when
+    /// routing may have changed.
+    async fn handle(&self, docker: &Docker, cursor: &mut Cursor, event: &EventMessage) -> Option<(Cause, String)> {
         let action = event.action.as_deref().unwrap_or_default();
         let actor = event.actor.as_ref()?;
         let attrs = actor.attributes.as_ref();
@@ -278,12 +282,12 @@ impl DockerWatcher {
                         "start" | "restart" => RunState::Running,
                         _ => c.state,
                     };
-                    return Some(cause);
+                    return Some((cause, id));
                 }
                 match docker.inspect_container(&id, None).await {
                     Ok(inspected) => match container_from_inspect(inspected) {
                         Some(c) => {
-                            cursor.containers.insert(id, c);
+                            cursor.containers.insert(id.clone(), c);
                         }
                         None => return None,
                     },
@@ -298,7 +302,7 @@ impl DockerWatcher {
             }
             _ => return None,
         }
-        Some(cause)
+        Some((cause, id))
     }
 
     /// Every container, inspected when it could matter to hawser (the rest only summarised).
@@ -362,10 +366,10 @@ impl BackgroundService for DockerWatcher {
 }
 
 /// Takes containers whose stop timeout passed while they still run out of their service.
-fn expire_drains(cursor: &mut Cursor) -> Option<Cause> {
+fn expire_drains(cursor: &mut Cursor) -> Option<(Cause, Vec<String>)> {
     let now = tokio::time::Instant::now();
     let due: Vec<String> = cursor.drains.iter().filter(|(_, at)| **at <= now).map(|(id, _)| id.clone()).collect();
-    let mut names = Vec::new();
+    let (mut names, mut ids) = (Vec::new(), Vec::new());
     for id in due {
         cursor.drains.remove(&id);
         let Some(c) = cursor.containers.get_mut(&id) else { continue };
@@ -377,9 +381,10 @@ fn expire_drains(cursor: &mut Cursor) -> Option<Cause> {
                 c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT)
             );
             names.push(c.name.clone());
+            ids.push(id);
         }
     }
-    (!names.is_empty()).then(|| Cause { what: format!("stop timeout of {}", names.join(", ")), event_nanos: None })
+    (!names.is_empty()).then(|| (Cause { what: format!("stop timeout of {}", names.join(", ")), event_nanos: None }, ids))
 }
 
 /// A client for `endpoint` (`unix://…`, `tcp://…`, `http://…`).

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::catalog::Probe;
-use crate::runtime::{ProbeKey, ProbeStatus, ProbeTarget, Runtime};
+use crate::runtime::{ProbeKey, ProbeStatus, ProbeTarget, Runtime, TargetChange};
 
 /// First delay between probes of a backend that has not passed yet; doubles up to the interval.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -37,30 +37,36 @@ impl HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut targets = self.runtime.probe_targets();
-        let mut running: HashMap<ProbeKey, (ProbeTarget, JoinHandle<()>)> = HashMap::new();
+        let Some(mut changes) = self.runtime.take_probe_changes() else {
+            log::error!("health: the probe feed was already taken; no health checks run");
+            return;
+        };
+        // One task per target; changes arrive one by one, so an event costs O(1) here.
+        let mut running: HashMap<ProbeKey, JoinHandle<()>> = HashMap::new();
         loop {
-            let current = Arc::clone(&targets.borrow_and_update());
-            running.retain(|key, (target, task)| {
-                let keep = current.iter().any(|t| t == target);
-                if !keep {
-                    debug!("health: stop probing {} ({})", key.0, key.1);
-                    task.abort();
-                }
-                keep
-            });
-            for t in current.iter() {
-                if !running.contains_key(&t.key()) {
-                    let task = tokio::spawn(probe_loop(Arc::clone(&self.runtime), t.clone()));
-                    running.insert(t.key(), (t.clone(), task));
-                }
-            }
-            tokio::select! {
-                changed = targets.changed() => if changed.is_err() { break },
+            let change = tokio::select! {
+                change = changes.recv() => match change {
+                    Some(c) => c,
+                    None => break,
+                },
                 _ = shutdown.changed() => break,
+            };
+            match change {
+                TargetChange::Add(t) => {
+                    let task = tokio::spawn(probe_loop(Arc::clone(&self.runtime), t.clone()));
+                    if let Some(old) = running.insert(t.key(), task) {
+                        old.abort();
+                    }
+                }
+                TargetChange::Remove(key) => {
+                    if let Some(task) = running.remove(&key) {
+                        debug!("health: stop probing {} ({})", key.0, key.1);
+                        task.abort();
+                    }
+                }
             }
         }
-        for (_, (_, task)) in running {
+        for (_, task) in running {
             task.abort();
         }
     }

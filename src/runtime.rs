@@ -9,7 +9,7 @@
 //!   snapshot, so no change is lost and none waits for a polling interval.
 //! - `State` is behind one mutex, held only for in-memory work (no I/O, no await).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,11 +20,11 @@ use serde::Serialize;
 use log::{debug, info, warn};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::routes::{HostPattern, RouteTable};
-use crate::catalog::{BackendPlan, Catalog, Gate, Probe, ServicePlan, Standing};
-use crate::config::{HealthPolicy, ProxyPolicy};
+use crate::catalog::{BackendPlan, Catalog, Change, Container, Environment, Gate, Probe, ServicePlan, Standing};
+use crate::config::{Config, HealthPolicy, ProxyPolicy};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
 use crate::metrics::{ServiceMetrics, forget_backend, metrics};
 use crate::passive::{BackendLive, RetryBudget};
@@ -184,16 +184,26 @@ struct State {
     drained: std::collections::BTreeSet<String>,
 }
 
+/// A change of the set of backends to probe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetChange {
+    /// Start probing (or restart, if the key was probed with other settings).
+    Add(ProbeTarget),
+    Remove(ProbeKey),
+}
+
 /// The shared runtime. Docker discovery writes to it; the proxy and health checks read it.
 pub struct Runtime {
     routes: ArcSwap<RouteTable<Arc<Service>>>,
     state: Mutex<State>,
-    probe_targets: watch::Sender<Arc<Vec<ProbeTarget>>>,
+    probe_changes: mpsc::UnboundedSender<TargetChange>,
+    probe_changes_rx: Mutex<Option<mpsc::UnboundedReceiver<TargetChange>>>,
     docker_connected: AtomicBool,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
         Runtime {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             state: Mutex::new(State {
@@ -205,7 +215,8 @@ impl Default for Runtime {
                 live: HashMap::new(),
                 drained: Default::default(),
             }),
-            probe_targets: watch::channel(Arc::new(Vec::new())).0,
+            probe_changes: tx,
+            probe_changes_rx: Mutex::new(Some(rx)),
             docker_connected: AtomicBool::new(false),
         }
     }
@@ -225,11 +236,6 @@ impl Runtime {
         self.routes.load().lookup(host, path).cloned()
     }
 
-    /// The health checker follows this.
-    pub fn probe_targets(&self) -> watch::Receiver<Arc<Vec<ProbeTarget>>> {
-        self.probe_targets.subscribe()
-    }
-
     pub fn set_docker_connected(&self, connected: bool) {
         metrics().docker_connected.set(i64::from(connected));
         self.docker_connected.store(connected, Ordering::Relaxed);
@@ -244,111 +250,141 @@ impl Runtime {
         self.state().catalog.clone()
     }
 
-    /// Makes `catalog` live. Must run inside a tokio runtime (new services spawn their updater).
+    /// Makes a whole new `catalog` live (start-up, resynchronisation). Must run inside a tokio
+    /// runtime (new services spawn their updater).
     pub fn apply(&self, catalog: Catalog, cause: &Cause) {
         let mut st = self.state();
-        let st = &mut *st;
+        let old = std::mem::replace(&mut st.catalog, catalog);
+        let mut change = Change::default();
+        let names: BTreeSet<String> = old.services.keys().chain(st.catalog.services.keys()).cloned().collect();
+        let mut old_services = old.services;
+        for name in names {
+            change.services.insert(name.clone(), old_services.remove(&name));
+        }
+        let ids: BTreeSet<String> = old.verdicts.keys().chain(st.catalog.verdicts.keys()).cloned().collect();
+        let mut old_verdicts = old.verdicts;
+        for id in ids {
+            change.verdicts.insert(id.clone(), old_verdicts.remove(&id));
+        }
+        self.sync(&mut st, &change, cause);
+    }
 
+    /// Applies one container's change (it changed, appeared, or is gone from `containers`):
+    /// only what it touches is re-planned and updated, so an event costs in proportion to
+    /// its service, not to the fleet.
+    pub fn update_container(
+        &self,
+        config: &Config,
+        env: &Environment,
+        containers: &BTreeMap<String, Container>,
+        id: &str,
+        cause: &Cause,
+    ) {
+        let mut st = self.state();
+        let change = st.catalog.update(config, env, containers, id);
+        self.sync(&mut st, &change, cause);
+    }
+
+    /// Brings the live side in line with `st.catalog` for what `change` names.
+    fn sync(&self, st: &mut State, change: &Change, cause: &Cause) {
         // Verdict changes are what an operator wants in the log: say them once, when they change.
-        for (id, v) in &catalog.verdicts {
-            let before = st.catalog.verdicts.get(id);
-            if before != Some(v) {
-                let reason = v.reason.as_deref().unwrap_or("?");
-                let name = &v.container_name;
-                match v.standing {
-                    Standing::Routed => {
-                        info!("container {name}: routed to service {}", v.service.as_deref().unwrap_or("?"))
+        for (id, before) in &change.verdicts {
+            let Some(v) = st.catalog.verdicts.get(id) else {
+                st.drained.remove(id);
+                continue;
+            };
+            if before.as_ref() == Some(v) {
+                continue;
+            }
+            let reason = v.reason.as_deref().unwrap_or("?");
+            let name = &v.container_name;
+            match v.standing {
+                Standing::Routed => info!("container {name}: routed to service {}", v.service.as_deref().unwrap_or("?")),
+                Standing::NotOptedIn => debug!("container {name}: not routed: {reason}"),
+                Standing::Waiting => info!("container {name}: not routed: {reason}"),
+                Standing::Refused => warn!("container {name}: not routed: {reason}"),
+            }
+        }
+
+        let mut routes_changed = false;
+        for (name, before) in &change.services {
+            let now = st.catalog.services.get(name).cloned();
+            routes_changed |= before.as_ref().map(|p| &p.routes) != now.as_ref().map(|p| &p.routes);
+
+            // Probe targets: every backend that is or will soon be able to serve.
+            let old_targets = before.as_ref().map(probe_targets_of).unwrap_or_default();
+            let new_targets = now.as_ref().map(probe_targets_of).unwrap_or_default();
+            for (key, t) in &old_targets {
+                if new_targets.get(key) != Some(t) {
+                    st.probes.remove(key);
+                    st.appeared.remove(key);
+                    st.targets.remove(key);
+                    let _ = self.probe_changes.send(TargetChange::Remove(key.clone()));
+                }
+            }
+            for (key, t) in new_targets {
+                if old_targets.get(&key) != Some(&t) {
+                    st.probes.insert(key.clone(), ProbeStatus::Starting);
+                    st.appeared.insert(key.clone(), cause.clone());
+                    st.targets.insert(key, t.clone());
+                    let _ = self.probe_changes.send(TargetChange::Add(t));
+                }
+            }
+
+            // The proxy's per-backend state lives as long as the backend.
+            let new_keys: HashSet<ProbeKey> =
+                now.iter().flat_map(|p| p.backends.iter().map(|b| (b.container_id.clone(), b.addr))).collect();
+            for b in before.iter().flat_map(|p| p.backends.iter()) {
+                let key = (b.container_id.clone(), b.addr);
+                if !new_keys.contains(&key) {
+                    if let Some(l) = st.live.remove(&key) {
+                        forget_backend(&l.service, &l.container_name);
                     }
-                    Standing::NotOptedIn => debug!("container {name}: not routed: {reason}"),
-                    Standing::Waiting => info!("container {name}: not routed: {reason}"),
-                    Standing::Refused => warn!("container {name}: not routed: {reason}"),
+                }
+            }
+
+            match now {
+                Some(plan) => {
+                    for b in &plan.backends {
+                        st.live.entry((b.container_id.clone(), b.addr)).or_insert_with(|| {
+                            Arc::new(BackendLive::new(&b.container_id, &b.container_name, &plan.name, b.addr))
+                        });
+                    }
+                    let snapshot = snapshot_of(&plan.backends, st);
+                    if !st.services.contains_key(name) {
+                        routes_changed = true;
+                        st.services.insert(name.clone(), Service::new(&plan));
+                    }
+                    st.services[name].publish(snapshot, cause);
+                }
+                None => {
+                    if let Some(svc) = st.services.remove(name) {
+                        info!("service {name}: removed (no container or configuration declares it)");
+                        svc.close();
+                        routes_changed = true;
+                    }
                 }
             }
         }
 
-        // Probe targets: every backend that is or will soon be able to serve.
-        let mut targets = Vec::new();
-        for plan in catalog.services.values() {
-            let host = plan
-                .routes
-                .iter()
-                .find_map(|r| match &r.host {
-                    HostPattern::Exact(h) => Some(h.clone()),
-                    _ => None,
-                });
-            for b in &plan.backends {
-                if b.gate.is_none_or(|g| g.probe_anyway()) {
-                    targets.push(ProbeTarget {
-                        container_id: b.container_id.clone(),
-                        container_name: b.container_name.clone(),
-                        service: plan.name.clone(),
-                        addr: b.addr,
-                        probe: b.probe.clone(),
-                        policy: plan.health.clone(),
-                        host: host.clone().unwrap_or_else(|| b.addr.to_string()),
-                    });
-                }
-            }
+        // The route table changes only when a service or its routes came or went.
+        if routes_changed {
+            let routes = RouteTable::build(st.catalog.services.values().flat_map(|plan| {
+                let svc = &st.services[&plan.name];
+                plan.routes.iter().map(move |r| (r.clone(), Arc::clone(svc)))
+            }));
+            self.routes.store(Arc::new(routes));
         }
-        let keys: std::collections::HashSet<ProbeKey> = targets.iter().map(ProbeTarget::key).collect();
-        st.probes.retain(|k, _| keys.contains(k));
-        st.appeared.retain(|k, _| keys.contains(k));
-        for t in &targets {
-            st.probes.entry(t.key()).or_insert(ProbeStatus::Starting);
-            st.appeared.entry(t.key()).or_insert_with(|| cause.clone());
-        }
+    }
 
-        let backend_keys: std::collections::HashSet<ProbeKey> = catalog
-            .services
-            .values()
-            .flat_map(|p| p.backends.iter().map(|b| (b.container_id.clone(), b.addr)))
-            .collect();
-        st.live.retain(|k, l| {
-            let keep = backend_keys.contains(k);
-            if !keep {
-                forget_backend(&l.service, &l.container_name);
-            }
-            keep
-        });
-        for plan in catalog.services.values() {
-            for b in &plan.backends {
-                st.live.entry((b.container_id.clone(), b.addr)).or_insert_with(|| {
-                    Arc::new(BackendLive::new(&b.container_id, &b.container_name, &plan.name, b.addr))
-                });
-            }
-        }
-        st.targets = targets.iter().map(|t| (t.key(), t.clone())).collect();
+    /// The health checker's feed: every target added or removed since the start. Taken once.
+    pub fn take_probe_changes(&self) -> Option<mpsc::UnboundedReceiver<TargetChange>> {
+        self.probe_changes_rx.lock().expect("probe changes lock").take()
+    }
 
-        st.drained.retain(|id| catalog.verdicts.contains_key(id));
-        for plan in catalog.services.values() {
-            let snapshot = snapshot_of(&plan.backends, st);
-            let svc = st.services.entry(plan.name.clone()).or_insert_with(|| Service::new(plan));
-            svc.publish(snapshot, cause);
-        }
-        st.services.retain(|name, svc| {
-            let keep = catalog.services.contains_key(name);
-            if !keep {
-                info!("service {name}: removed (no container or configuration declares it)");
-                svc.close();
-            }
-            keep
-        });
-
-        let routes = RouteTable::build(catalog.services.values().flat_map(|plan| {
-            let svc = &st.services[&plan.name];
-            plan.routes.iter().map(move |r| (r.clone(), Arc::clone(svc)))
-        }));
-        self.routes.store(Arc::new(routes));
-        st.catalog = catalog;
-        // Only wakes the health checker when the set really changed.
-        self.probe_targets.send_if_modified(|current| {
-            if **current == targets {
-                false
-            } else {
-                *current = Arc::new(targets);
-                true
-            }
-        });
+    /// Every current probe target (for views and tests).
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        self.state().targets.values().cloned().collect()
     }
 
     /// A health state change from the checker.
@@ -594,6 +630,31 @@ fn status_word(s: ProbeStatus) -> &'static str {
     }
 }
 
+/// The backends of `plan` worth probing: every one that is or will soon be able to serve.
+fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
+    // HTTP probes carry the service's first exact host (else the address) as Host.
+    let host = plan.routes.iter().find_map(|r| match &r.host {
+        HostPattern::Exact(h) => Some(h.clone()),
+        _ => None,
+    });
+    plan.backends
+        .iter()
+        .filter(|b| b.gate.is_none_or(|g| g.probe_anyway()))
+        .map(|b| {
+            let t = ProbeTarget {
+                container_id: b.container_id.clone(),
+                container_name: b.container_name.clone(),
+                service: plan.name.clone(),
+                addr: b.addr,
+                probe: b.probe.clone(),
+                policy: plan.health.clone(),
+                host: host.clone().unwrap_or_else(|| b.addr.to_string()),
+            };
+            (t.key(), t)
+        })
+        .collect()
+}
+
 /// Membership and enablement for one service: only a backend in state `ready` is enabled.
 /// Each backend carries its [`BackendLive`] so that the proxy finds it in the selection.
 fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
@@ -772,8 +833,8 @@ mod tests {
         let rt = Runtime::new();
         let cause = Cause { what: "test".into(), event_nanos: None };
         rt.apply(Catalog::build(&config, containers, &Environment::default()), &cause);
-        for t in rt.probe_targets().borrow().iter() {
-            rt.probe_changed(t, ProbeStatus::Ready);
+        for t in rt.probe_targets() {
+            rt.probe_changed(&t, ProbeStatus::Ready);
         }
         rt
     }

@@ -118,6 +118,15 @@ impl Verdict {
     }
 }
 
+/// What [`Catalog::update`] replaced: the plans and verdicts as they were before.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Change {
+    /// Every service the change touched, with its plan before (`None`: it did not exist).
+    pub services: BTreeMap<String, Option<ServicePlan>>,
+    /// Every container the change touched, with its verdict before.
+    pub verdicts: BTreeMap<String, Option<Verdict>>,
+}
+
 /// Where a container stands, and so how loudly its verdict is worth saying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
@@ -236,21 +245,22 @@ impl Catalog {
 
     /// Re-plans after container `id` changed, appeared or (absent from `containers`) went
     /// away: only the services and containers connected to it, old and new. Gives the same
-    /// catalog as [`Catalog::build`] on all containers (a property test checks it). Returns the
-    /// services whose plans may have changed.
+    /// catalog as [`Catalog::build`] on all containers (a property test checks it). Returns
+    /// what it replaced, so that the runtime can update exactly that.
     pub fn update(
         &mut self,
         config: &Config,
         env: &Environment,
         containers: &BTreeMap<String, Container>,
         id: &str,
-    ) -> BTreeSet<String> {
+    ) -> Change {
+        let mut change = Change::default();
         let (mut seed_services, mut seed_routes) = (Vec::new(), Vec::new());
         if let Some(old) = self.index.remove(id) {
             seed_services.push(old.service);
             seed_routes.extend(old.claims);
         }
-        self.verdicts.remove(id);
+        change.verdicts.insert(id.to_string(), self.verdicts.remove(id));
         if let Some(c) = containers.get(id) {
             self.admit(config, c);
             if let Some(new) = self.index.admitted.get(id) {
@@ -260,22 +270,20 @@ impl Catalog {
         }
         let (ids, services) = self.index.component(seed_services, seed_routes);
         for name in &services {
-            match config.services.get(name) {
-                Some(svc) => {
-                    self.services.insert(name.clone(), yaml_plan(svc));
-                }
-                None => {
-                    self.services.remove(name);
-                }
-            }
+            let old = match config.services.get(name) {
+                Some(svc) => self.services.insert(name.clone(), yaml_plan(svc)),
+                None => self.services.remove(name),
+            };
+            change.services.insert(name.clone(), old);
         }
         let ids: Vec<String> = ids.into_iter().collect();
         for id in &ids {
-            self.verdicts.remove(id);
+            let old = self.verdicts.remove(id);
+            change.verdicts.entry(id.clone()).or_insert(old);
         }
         self.plan(config, env, &ids, |id| containers.get(id));
         self.finish(config, &services);
-        services
+        change
     }
 
     /// Opt-in and labels of one container: into the index, or a refusal.
@@ -747,9 +755,25 @@ mod tests {
                 } else {
                     containers.insert(id.clone(), random_container(&mut rng, n));
                 }
-                incremental.update(&cfg, &env, &containers, &id);
+                let before = incremental.clone();
+                let change = incremental.update(&cfg, &env, &containers, &id);
                 let full = Catalog::build(&cfg, containers.values(), &env);
                 assert_eq!(incremental, full, "seed {seed}, step {step}: change of {id}\ncontainers: {containers:#?}");
+                // The change names everything that differs, with what it was before.
+                let names: BTreeSet<&String> = before.services.keys().chain(full.services.keys()).collect();
+                for name in names {
+                    match change.services.get(name) {
+                        Some(old) => assert_eq!(old.as_ref(), before.services.get(name), "seed {seed}, step {step}: {name}"),
+                        None => assert_eq!(before.services.get(name), full.services.get(name), "seed {seed}, step {step}: {name} changed unannounced"),
+                    }
+                }
+                let ids: BTreeSet<&String> = before.verdicts.keys().chain(full.verdicts.keys()).collect();
+                for v in ids {
+                    match change.verdicts.get(v) {
+                        Some(old) => assert_eq!(old.as_ref(), before.verdicts.get(v), "seed {seed}, step {step}: {v}"),
+                        None => assert_eq!(before.verdicts.get(v), full.verdicts.get(v), "seed {seed}, step {step}: {v} changed unannounced"),
+                    }
+                }
             }
         }
     }
@@ -767,13 +791,17 @@ mod tests {
         }
         let mut cat = Catalog::build(&cfg, containers.values(), &Environment::default());
         containers.get_mut("c7-id").unwrap().state = RunState::Exited;
-        let touched = cat.update(&cfg, &Environment::default(), &containers, "c7-id");
-        assert_eq!(touched, BTreeSet::from(["s1".to_string()]));
+        let change = cat.update(&cfg, &Environment::default(), &containers, "c7-id");
+        assert_eq!(change.services.keys().collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(change.verdicts.len(), 5, "the five containers of s1");
+        assert!(change.verdicts["c7-id"].as_ref().is_some_and(|v| v.routed()));
         // A host claimed by another service pulls that service in too.
         let intruder = Container::sample("x", "10.9.0.2").label("hawser.enable", "true").label("hawser.host", "s2.test");
         containers.insert(intruder.id.clone(), intruder);
-        let touched = cat.update(&cfg, &Environment::default(), &containers, "x-id");
-        assert_eq!(touched, BTreeSet::from(["s2".to_string(), "x".to_string()]));
+        let change = cat.update(&cfg, &Environment::default(), &containers, "x-id");
+        assert_eq!(change.services.keys().collect::<Vec<_>>(), ["s2", "x"]);
+        assert_eq!(change.services["x"], None, "x did not exist before");
+        assert_eq!(change.verdicts["x-id"], None);
         assert_eq!(reason(&cat, "x-id"), "host s2.test is already routed to service s2");
     }
 
