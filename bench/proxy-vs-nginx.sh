@@ -59,6 +59,7 @@
 # Environment (defaults in brackets):
 #   BENCH_BACKENDS        backend containers [3]
 #   BENCH_WORKERS         nginx worker_processes = HAProxy nbthread = hawser pingora.threads [1]
+#   BENCH_HAWSER_PINGORA  more keys for hawser's pingora section, e.g. 'work_stealing: false' []
 #   BENCH_CONNECTIONS     client connections [32]
 #   BENCH_SECONDS         seconds per run [10]
 #   BENCH_ROUNDS          rounds [3]
@@ -288,7 +289,7 @@ listen: ["127.0.0.1:${PORT[hawser]}"]
 admin: {listen: "127.0.0.1:$ADMIN_PORT"}
 docker: {label_prefix: $PREFIX}
 access_log: off
-pingora: {threads: $WORKERS}
+pingora: {threads: $WORKERS${BENCH_HAWSER_PINGORA:+, $BENCH_HAWSER_PINGORA}}
 EOF
 
 NGX="$TMP/nginx"
