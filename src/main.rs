@@ -13,6 +13,13 @@ use hawser::proxy::HawserProxy;
 use hawser::runtime::Runtime;
 use pingora::prelude::{Opt, Server, background_service};
 
+/// mimalloc rather than glibc's malloc: pingora allocates about 110 times per proxied request
+/// (header maps, buffers, boxed futures, pool entries). Measured with callgrind over 5,000
+/// requests: 108.9k instructions per request with glibc, 89.6k with mimalloc; a quarter of the
+/// former was malloc and free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // A subcommand of its own, with its own flags: decided before pingora parses argv.
     let mut args = std::env::args_os();
