@@ -45,14 +45,12 @@ impl HawserProxy {
     }
 }
 
-/// Per-request state.
+/// Per-request state. Building it allocates nothing: most requests need no more than that.
 pub struct RequestCtx {
     started: std::time::Instant,
     service: Option<Arc<Service>>,
-    /// The Host header as the client sent it (for X-Forwarded-Host).
-    host: String,
     /// Backends already tried for this request: a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
+    tried: Tried,
     retries: u32,
     /// The backend of the current attempt.
     backend: Option<Arc<BackendLive>>,
@@ -88,12 +86,15 @@ impl HawserProxy {
 impl ProxyHttp for HawserProxy {
     type CTX = RequestCtx;
 
+    /// No downstream modules. pingora's default adds a response compression module, disabled,
+    /// that still runs on every request; hawser passes bodies through as the backend sent them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: std::time::Instant::now(),
             service: None,
-            host: String::new(),
-            tried: Vec::new(),
+            tried: Tried::default(),
             retries: 0,
             backend: None,
         }
@@ -101,15 +102,8 @@ impl ProxyHttp for HawserProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let raw_host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri.host())
-            .unwrap_or_default();
-        let host = normalize_host(raw_host);
+        let host = normalize_host(client_host(req));
         let path = req.uri.path();
-        ctx.host = raw_host.to_string();
         match self.runtime.route(&host, path) {
             Some(svc) => {
                 svc.retry_budget.deposit();
@@ -151,16 +145,22 @@ impl ProxyHttp for HawserProxy {
         &self,
         session: &mut Session,
         upstream: &mut pingora::http::RequestHeader,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // hawser is the edge: it states the client's address rather than trusting what the
         // client claims (Traefik's default for untrusted clients).
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            upstream.insert_header("X-Forwarded-For", ip.to_string())?;
+            upstream.insert_header("X-Forwarded-For", ip_header_value(ip))?;
         }
-        upstream.insert_header("X-Forwarded-Proto", "http")?;
-        if !ctx.host.is_empty() {
-            upstream.insert_header("X-Forwarded-Host", ctx.host.as_str())?;
+        upstream.insert_header("X-Forwarded-Proto", http::HeaderValue::from_static("http"))?;
+        // The client's own Host value, shared rather than copied.
+        let req = session.req_header();
+        let host = match req.headers.get(http::header::HOST) {
+            Some(v) => Some(v.clone()),
+            None => req.uri.host().and_then(|h| http::HeaderValue::from_str(h).ok()),
+        };
+        if let Some(host) = host.filter(|h| !h.is_empty()) {
+            upstream.insert_header("X-Forwarded-Host", host)?;
         }
         Ok(())
     }
@@ -253,7 +253,7 @@ impl ProxyHttp for HawserProxy {
             time: rfc3339_millis(std::time::SystemTime::now()),
             client: &client,
             method: req.method.as_str(),
-            host: &ctx.host,
+            host: client_host(req),
             path: req.uri.path_and_query().map_or("", |p| p.as_str()),
             status,
             duration_ms: elapsed.as_secs_f64() * 1e3,
@@ -305,6 +305,51 @@ impl ProxyHttp for HawserProxy {
     }
 }
 
+/// The host the client asked for, as it sent it: the Host header, else the host of an
+/// absolute-form request target, else "".
+fn client_host(req: &pingora::http::RequestHeader) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or_default()
+}
+
+/// An IP address as a header value, formatted without a temporary String.
+fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48]; // the longest IPv6 text form is 45 bytes
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let len = 48 - w.len();
+    http::HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
+/// The backends a request has tried, without an allocation for the usual single attempt.
+#[derive(Default)]
+struct Tried {
+    first: Option<SocketAddr>,
+    more: Vec<SocketAddr>,
+}
+
+impl Tried {
+    fn push(&mut self, addr: SocketAddr) {
+        if self.first.is_none() {
+            self.first = Some(addr);
+        } else {
+            self.more.push(addr);
+        }
+    }
+
+    fn contains(&self, addr: &SocketAddr) -> bool {
+        self.first.as_ref() == Some(addr) || self.more.contains(addr)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
 /// The client closed or broke its connection: there is nobody to answer.
 fn client_went_away(e: &Error) -> bool {
     *e.esource() == ErrorSource::Downstream
@@ -326,4 +371,31 @@ async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&
         session.write_response_body(Some(Bytes::from(body)), true).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_header_values() {
+        assert_eq!(ip_header_value("192.168.10.200".parse().unwrap()), "192.168.10.200");
+        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        assert_eq!(ip_header_value(long.parse().unwrap()), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+        assert_eq!(ip_header_value("::1".parse().unwrap()), "::1");
+    }
+
+    #[test]
+    fn tried_backends() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:80".parse().unwrap();
+        let mut t = Tried::default();
+        assert!(t.is_empty() && !t.contains(&a));
+        t.push(a);
+        assert!(!t.is_empty() && t.contains(&a) && !t.contains(&b));
+        t.push(b);
+        t.push(c);
+        assert!(t.contains(&a) && t.contains(&b) && t.contains(&c));
+    }
 }
