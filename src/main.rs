@@ -64,6 +64,14 @@ fn main() {
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    if config.h2c {
+        // pingora peeks at each new connection for the HTTP/2 preface; HTTP/1.1 is unaffected.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(options);
+        }
+    }
     let proxy = server.add_service(proxy);
     let docker = server.add_service(background_service(
         "docker discovery",

@@ -1,5 +1,5 @@
 //! Routing against the real Docker engine: round robin, weights, host and path rules, 404/503,
-//! published-port addressing, YAML selectors, forwarded headers.
+//! published-port addressing, YAML selectors, forwarded headers, cleartext HTTP/2.
 
 mod common;
 
@@ -203,6 +203,36 @@ fn forwarded_headers_are_set_and_host_is_preserved() {
     assert!(has("x-forwarded-proto: http"), "{}", r.body);
     assert!(has("x-forwarded-host: echo.test"), "{}", r.body);
     assert!(!head.contains("6.6.6.6"), "a client-supplied X-Forwarded-For must not pass:\n{}", r.body);
+}
+
+/// `curl --http2-prior-knowledge` against hawser's listener: the answer's status line and
+/// headers, or None when the exchange failed (the listener does not speak h2c).
+fn h2c_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("run curl (the test suite needs it, as .ci/run installs it)");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+}
+
+#[test]
+fn cleartext_http2_is_routed_unless_turned_off() {
+    let env = TestEnv::new("h2c");
+    let c = web(&env, "h2", "h2.test", "h2");
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, "h2.test", "/", &c, SECS_10);
+    let head = h2c_get(h.addr, "h2.test", "/").expect("h2c is on by default");
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains(&format!("x-backend: {}", c.name.to_ascii_lowercase())), "{head}");
+    let head = h2c_get(h.addr, "nowhere.test", "/").expect("h2c answer");
+    assert!(head.starts_with("http/2 404"), "{head}");
+
+    let off = env.hawser(&format!("{}\nh2c: false\n", env.default_config()));
+    env.wait_routed(&off, "h2.test", "/", &c, SECS_10);
+    assert_eq!(h2c_get(off.addr, "h2.test", "/"), None, "h2c: false must refuse the HTTP/2 preface");
+    assert_eq!(off.get("h2.test", "/").unwrap().status, 200, "HTTP/1.1 still works");
 }
 
 #[test]

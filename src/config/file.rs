@@ -15,6 +15,7 @@ use crate::catalog::routes::{HostPattern, parse_path_prefix};
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<Vec<Listen>>,
+    pub h2c: Option<bool>,
     #[serde(default)]
     pub docker: DockerSection,
     #[serde(default)]

@@ -21,6 +21,8 @@ pub use file::{AccessLogFormat, AddressMode, CheckKind};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Also accept cleartext HTTP/2 (prior knowledge) on the `listen` addresses.
+    pub h2c: bool,
     pub docker: DockerConfig,
     /// Services declared in YAML, by name.
     pub services: BTreeMap<String, ServiceConfig>,
@@ -374,7 +376,8 @@ impl Loaded {
         server.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
 
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
-        Ok(Loaded { config: Config { listen, docker, services, health, proxy, admin, access_log }, server })
+        let h2c = f.h2c.unwrap_or(true);
+        Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log }, server })
     }
 }
 
@@ -505,6 +508,9 @@ pingora:
     fn access_log_formats() {
         assert_eq!(load("").unwrap().access_log, AccessLogFormat::Off);
         assert_eq!(load("access_log: off").unwrap().access_log, AccessLogFormat::Off);
+        assert!(load("").unwrap().h2c);
+        assert!(!load("h2c: false").unwrap().h2c);
+        assert!(load("h2c: maybe").is_err());
         assert_eq!(load("access_log: json").unwrap().access_log, AccessLogFormat::Json);
         assert_eq!(load("access_log: text").unwrap().access_log, AccessLogFormat::Text);
         let e = load("access_log: xml").unwrap_err();
