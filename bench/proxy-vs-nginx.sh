@@ -50,8 +50,8 @@
 # HTTP/2 (BENCH_H2=1, needs h2load from nghttp2-client): cleartext h2c with prior knowledge,
 # measured only on proxies whose listener speaks it: nginx (`listen ... http2` on a second
 # port) and HAProxy (`bind ... proto h2` on a second port); hawser is probed on its listener
-# (h2load -n1) and measured only if it answers (its pingora listener has no h2c today, so its
-# row says n/a). Load: h2load -t1 -c$BENCH_CONNECTIONS -m$BENCH_H2_STREAMS -D$BENCH_SECONDS, in
+# (h2load -n1) and measured only if it answers (h2c is on unless its config says `h2c: false`;
+# a hawser without it gets a row saying n/a). Load: h2load -t1 -c$BENCH_CONNECTIONS -m$BENCH_H2_STREAMS -D$BENCH_SECONDS, in
 # the same rounds after the HTTP/1.1 runs; p50/p99 are computed from h2load's per-request log
 # (h2load itself prints no percentiles). A second table follows the first on stdout, with rows
 # `hawser/h2c`, `nginx/h2c`, `haproxy/h2c` and ratios to nginx/h2c.
