@@ -83,6 +83,11 @@ fn main() {
     let mut admin = pingora::services::listening::Service::new("admin API".to_string(), AdminApi::new(runtime, &config.admin));
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
-    log::info!("hawser listening on {:?}, admin API on {}", config.listen, config.admin.listen);
+    log::info!(
+        "hawser listening on {:?} with {} worker thread(s), admin API on {}",
+        config.listen,
+        server.configuration.threads,
+        config.admin.listen
+    );
     server.run_forever();
 }

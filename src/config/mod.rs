@@ -263,7 +263,15 @@ impl Loaded {
             })
             .map_err(|e| yaml_error(&e, name, key))?
         };
-        Loaded::from_file(file, name)
+        let threads_given = !only_comments && sets_pingora_threads(text);
+        let mut loaded = Loaded::from_file(file, name)?;
+        if !threads_given {
+            // pingora's default is one worker thread, whatever the machine. Like nginx's
+            // `worker_processes auto`, hawser uses the CPUs it may run on (cgroup quota and
+            // affinity included).
+            loaded.server.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        Ok(loaded)
     }
 
     fn from_file(f: file::FileConfig, name: &str) -> Result<Loaded, ConfigError> {
@@ -379,6 +387,19 @@ impl Loaded {
         let h2c = f.h2c.unwrap_or(true);
         Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log }, server })
     }
+}
+
+/// Whether the (already validated) YAML text sets `pingora.threads`. pingora's ServerConf
+/// fills in 1 for a missing key, so the parsed value cannot tell.
+fn sets_pingora_threads(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        pingora: Option<BTreeMap<String, serde::de::IgnoredAny>>,
+    }
+    serde_saphyr::from_str::<Keys>(text)
+        .ok()
+        .and_then(|k| k.pingora)
+        .is_some_and(|p| p.contains_key("threads"))
 }
 
 fn merge_health(base: &HealthPolicy, s: &file::HealthCheckSection) -> HealthPolicy {
@@ -509,6 +530,10 @@ pingora:
         assert_eq!(load("").unwrap().access_log, AccessLogFormat::Off);
         assert_eq!(load("access_log: off").unwrap().access_log, AccessLogFormat::Off);
         assert!(load("").unwrap().h2c);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Loaded::from_yaml("", "t.yaml").unwrap().server.threads, cpus);
+        assert_eq!(Loaded::from_yaml("pingora: {grace_period_seconds: 1}", "t.yaml").unwrap().server.threads, cpus);
+        assert_eq!(Loaded::from_yaml("pingora: {threads: 1}", "t.yaml").unwrap().server.threads, 1);
         assert!(!load("h2c: false").unwrap().h2c);
         assert!(load("h2c: maybe").is_err());
         assert_eq!(load("access_log: json").unwrap().access_log, AccessLogFormat::Json);
