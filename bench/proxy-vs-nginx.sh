@@ -103,20 +103,11 @@ done
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
-note() { echo "# $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
-ms_since() {
-    local now=${EPOCHREALTIME/./} then=${1/./}
-    echo $(((10#$now - 10#$then) / 1000))
-}
-secs_since() { local ms; ms=$(ms_since "$1"); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
 
 # --- cleanup ------------------------------------------------------------------------------
-RUN_ID="pvn$(date +%H%M%S)$$${RANDOM}"
-RUN_LABEL="hawser-bench"
-PREFIX="hb${RUN_ID}"             # hawser label prefix: no other container can match it
-NET="hawser-bench-${RUN_ID}"
-IMAGE="hawser-bench-backend:${RUN_ID}"
+bench_names pvn
 TMP=""
 NET_CREATED=0
 IMAGE_BUILT=0
@@ -172,11 +163,7 @@ trap 'echo "interrupted" >&2; exit 130' INT
 trap 'echo "terminated" >&2; exit 143' TERM
 
 # --- prerequisites ------------------------------------------------------------------------
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
 export PATH="$PATH:/usr/sbin:/sbin" # nginx and haproxy live in /usr/sbin
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -185,11 +172,7 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 NGINX_PKG=""
 command -v nginx >/dev/null 2>&1 || NGINX_PKG=nginx-light
 if ((H2)) && ! command -v h2load >/dev/null 2>&1; then need+=(nghttp2-client); fi
-if [[ -z "${HAWSER_BIN:-}" ]]; then
-    command -v cmake >/dev/null 2>&1 || need+=(cmake)
-    command -v cc >/dev/null 2>&1 || need+=(build-essential)
-fi
-pkg_installed libc6-dev || need+=(libc6-dev) # the static backend needs libc.a
+bench_build_needs
 if ((${#need[@]})) || [[ -n "$NGINX_PKG" ]]; then
     SUDO=()
     [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
@@ -210,27 +193,11 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-pvn.XXXXXX")
 note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
 
 # --- hawser binary ------------------------------------------------------------------------
-t=$EPOCHREALTIME
-if [[ -n "${HAWSER_BIN:-}" ]]; then
-    [[ -x "$HAWSER_BIN" ]] || die "HAWSER_BIN=$HAWSER_BIN is not executable"
-    HAWSER=$HAWSER_BIN
-else
-    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
-    note "cargo build --release (may wait on the build lock of another build)"
-    (cd "$REPO" && cargo build --release --bin hawser </dev/null >&2) || die "cargo build --release failed"
-    HAWSER="$REPO/target/release/hawser"
-fi
-note "hawser binary $HAWSER ($(secs_since "$t") s)"
+bench_hawser_binary
 
 # --- backends -----------------------------------------------------------------------------
 t=$EPOCHREALTIME
-mkdir -p "$TMP/ctx"
-rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
-    -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
-printf 'FROM scratch\nCOPY backend /backend\nEXPOSE 80\nENTRYPOINT ["/backend"]\n' >"$TMP/ctx/Dockerfile"
-IMAGE_BUILT=1 # before the build, so that a half-done build is removed as well
-docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
-    || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
+bench_backend_image
 NET_CREATED=1
 docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
     || die "docker network create $NET failed"
@@ -256,31 +223,15 @@ note "$BACKENDS backends (image $IMAGE, network $NET): ${IPS[*]} ($(secs_since "
 # --- ports --------------------------------------------------------------------------------
 # Ports below the kernel's ephemeral range (which outgoing connections, e.g. the proxies' own
 # upstream connections, take from), not in use by any TCP socket.
-declare -A TAKEN=()
-read -r EPH_LO _ </proc/sys/net/ipv4/ip_local_port_range
-PORT_LO=10000 PORT_HI=$((EPH_LO - 1))
-((PORT_HI - PORT_LO >= 1000)) || { PORT_LO=20000 PORT_HI=60000; }
-free_port() { # prints a free loopback TCP port not handed out before
-    local p tries
-    for ((tries = 0; tries < 200; tries++)); do
-        p=$((PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1)))
-        [[ -z "${TAKEN[$p]:-}" ]] || continue
-        [[ -z "$(ss -Hatn "sport = :$p" 2>/dev/null)" ]] || continue
-        TAKEN[$p]=1
-        echo "$p"
-        return 0
-    done
-    die "found no free port"
-}
 declare -A PORT=() H2PORT=()
-PORT[hawser]=$(free_port)
-ADMIN_PORT=$(free_port)
-PORT[nginx]=$(free_port)
-PORT[haproxy]=$(free_port)
+free_port 'PORT[hawser]'
+free_port ADMIN_PORT
+free_port 'PORT[nginx]'
+free_port 'PORT[haproxy]'
 if ((H2)); then
     H2PORT[hawser]=${PORT[hawser]} # probed; pingora would serve h2c on the same listener
-    H2PORT[nginx]=$(free_port)
-    H2PORT[haproxy]=$(free_port)
+    free_port 'H2PORT[nginx]'
+    free_port 'H2PORT[haproxy]'
 fi
 
 # --- configurations -----------------------------------------------------------------------

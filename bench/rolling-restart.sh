@@ -78,21 +78,11 @@ done
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
-note() { echo "# $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
-# Milliseconds since $1 (an $EPOCHREALTIME value).
-ms_since() {
-    local now=${EPOCHREALTIME/./} then=${1/./}
-    echo $(((10#$now - 10#$then) / 1000))
-}
-secs_since() { local ms; ms=$(ms_since "$1"); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
 
 # --- cleanup ------------------------------------------------------------------------------
-RUN_ID="$(date +%H%M%S)$$${RANDOM}"
-RUN_LABEL="hawser-bench"
-PREFIX="hb${RUN_ID}"            # hawser label prefix: no other container can match it
-NET="hawser-bench-${RUN_ID}"
-IMAGE="hawser-bench-backend:${RUN_ID}"
+bench_names rr
 TMP=""
 HAWSER_PID=""
 WRK_PID=""
@@ -134,26 +124,11 @@ trap 'echo "interrupted" >&2; exit 130' INT
 trap 'echo "terminated" >&2; exit 143' TERM
 
 # --- prerequisites ------------------------------------------------------------------------
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-if [[ -z "${HAWSER_BIN:-}" ]]; then
-    command -v cmake >/dev/null 2>&1 || need+=(cmake)
-    command -v cc >/dev/null 2>&1 || need+=(build-essential)
-fi
-# The backend links glibc statically (+crt-static): it needs libc.a.
-dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dev)
-if ((${#need[@]})); then
-    note "installing: ${need[*]}"
-    SUDO=()
-    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get update -q </dev/null >&2
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null >&2
-fi
+bench_build_needs
+bench_apt_install "${need[@]}"
 command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
 docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
 command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
@@ -161,33 +136,10 @@ command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
 
 # --- hawser binary ------------------------------------------------------------------------
-t=$EPOCHREALTIME
-if [[ -n "${HAWSER_BIN:-}" ]]; then
-    [[ -x "$HAWSER_BIN" ]] || die "HAWSER_BIN=$HAWSER_BIN is not executable"
-    HAWSER=$HAWSER_BIN
-else
-    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
-    note "cargo build --release (may wait on the build lock of another build)"
-    (cd "$REPO" && cargo build --release --bin hawser </dev/null >&2) || die "cargo build --release failed"
-    HAWSER="$REPO/target/release/hawser"
-fi
-note "hawser binary $HAWSER ($(secs_since "$t") s)"
+bench_hawser_binary
 
 # --- backend image ------------------------------------------------------------------------
-t=$EPOCHREALTIME
-mkdir -p "$TMP/ctx"
-rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
-    -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
-cat >"$TMP/ctx/Dockerfile" <<'EOF'
-FROM scratch
-COPY backend /backend
-EXPOSE 80
-ENTRYPOINT ["/backend"]
-EOF
-IMAGE_BUILT=1 # set before the build, so a half-done build is removed as well
-docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
-    || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
-note "backend image $IMAGE ($(secs_since "$t") s)"
+bench_backend_image
 
 NET_CREATED=1
 docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \

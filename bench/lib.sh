@@ -1,0 +1,115 @@
+# shellcheck shell=bash
+# Shared by the bench/*.sh scripts, which source it after setting REPO; not run on its own.
+# Every function reports on stderr, in the scripts' style: context lines start with '#'.
+#
+#   bench_names TAG         sets this run's names: RUN_ID (TAG + time + pid + random),
+#                           RUN_LABEL (label key on everything the run creates, for cleanup),
+#                           PREFIX (hawser label prefix no other container carries), NET, IMAGE
+#   note TEXT...            a context line on stderr
+#   die TEXT...             "ERROR: TEXT" on stderr, exit 1 (the caller's cleanup trap runs)
+#   ms_since T / secs_since T    time since T, an $EPOCHREALTIME value: "1234" / "1.234"
+#   bench_build_needs       appends to the caller's `need` array what building hawser (unless
+#                           HAWSER_BIN is set) and the static test backend need
+#   bench_apt_install PKG...     apt-get install (sudo -n when not root), dies on failure
+#   bench_hawser_binary     sets HAWSER: $HAWSER_BIN, else `cargo build --release` of REPO
+#   bench_backend_image     compiles tests/support/backend.rs statically into a FROM-scratch
+#                           image $IMAGE labelled $RUN_LABEL=$RUN_ID, in $TMP/ctx; sets
+#                           IMAGE_BUILT=1 first, so that cleanup removes a half-built one too
+#   free_port VAR           sets VAR (e.g. PORT or 'PORT[nginx]') to a free loopback TCP port
+#                           below the ephemeral range, never the same one twice in a run (a
+#                           variable rather than output: $(...) would forget what it handed out)
+
+# shellcheck disable=SC2034 # the callers use them
+bench_names() {
+    RUN_ID="$1$(date +%H%M%S)$$${RANDOM}"
+    RUN_LABEL="hawser-bench"
+    PREFIX="hb${RUN_ID}"
+    NET="hawser-bench-${RUN_ID}"
+    IMAGE="hawser-bench-backend:${RUN_ID}"
+}
+
+note() { echo "# $*" >&2; }
+die() {
+    echo "ERROR: $*" >&2
+    exit 1
+}
+ms_since() {
+    local now=${EPOCHREALTIME/./} then=${1/./}
+    echo $(((10#$now - 10#$then) / 1000))
+}
+secs_since() {
+    local ms
+    ms=$(ms_since "$1")
+    printf '%d.%03d' $((ms / 1000)) $((ms % 1000))
+}
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+bench_build_needs() {
+    if [[ -z "${HAWSER_BIN:-}" ]]; then
+        command -v cmake >/dev/null 2>&1 || need+=(cmake)
+        command -v cc >/dev/null 2>&1 || need+=(build-essential)
+    fi
+    # The backend links glibc statically (+crt-static): it needs libc.a.
+    dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dev)
+}
+
+bench_apt_install() {
+    (($#)) || return 0
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo -n)
+    note "installing: $*"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q </dev/null >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" </dev/null >&2 \
+        || die "apt-get install $* failed"
+}
+
+bench_hawser_binary() {
+    local t=$EPOCHREALTIME
+    if [[ -n "${HAWSER_BIN:-}" ]]; then
+        [[ -x "$HAWSER_BIN" ]] || die "HAWSER_BIN=$HAWSER_BIN is not executable"
+        HAWSER=$HAWSER_BIN
+    else
+        command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
+        note "cargo build --release (may wait on the build lock of another build)"
+        (cd "$REPO" && cargo build --release --bin hawser </dev/null >&2) || die "cargo build --release failed"
+        HAWSER="$REPO/target/release/hawser"
+    fi
+    note "hawser binary $HAWSER ($(secs_since "$t") s)"
+}
+
+bench_backend_image() {
+    local t=$EPOCHREALTIME
+    mkdir -p "$TMP/ctx"
+    rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
+        -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
+    printf 'FROM scratch\nCOPY backend /backend\nEXPOSE 80\nENTRYPOINT ["/backend"]\n' >"$TMP/ctx/Dockerfile"
+    # shellcheck disable=SC2034 # read by the caller's cleanup
+    IMAGE_BUILT=1
+    docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
+        || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
+    note "backend image $IMAGE ($(secs_since "$t") s)"
+}
+
+declare -A BENCH_TAKEN_PORTS=()
+free_port() {
+    local lo hi eph p tries
+    read -r eph _ </proc/sys/net/ipv4/ip_local_port_range
+    lo=10000 hi=$((eph - 1))
+    ((hi - lo >= 1000)) || { lo=20000 hi=60000; }
+    for ((tries = 0; tries < 200; tries++)); do
+        p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+        [[ -z "${BENCH_TAKEN_PORTS[$p]:-}" ]] || continue
+        if command -v ss >/dev/null 2>&1; then
+            [[ -z "$(ss -Hatn "sport = :$p" 2>/dev/null)" ]] || continue
+        else
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || continue
+        fi
+        BENCH_TAKEN_PORTS[$p]=1
+        printf -v "$1" '%s' "$p"
+        return 0
+    done
+    die "found no free port"
+}
