@@ -21,6 +21,9 @@
 //! IDLE_TIMEOUT_MS   close keep-alive connections idle this long (default: never)
 //! ```
 //!
+//! Once a port is bound it prints `backend NAME: listening on ADDR (unix time S.MICROS)` to
+//! stderr.
+//!
 //! Every response carries `X-Backend: <NAME>` and a `Content-Length` (except 204/304,
 //! which must not have a body). Paths (query strings are ignored unless noted):
 //!
@@ -138,9 +141,16 @@ fn main() {
                 std::process::exit(2);
             }
         };
+        // The wall-clock time lets bench/discovery-latency.sh measure from the moment the
+        // port accepts connections (same host clock as Docker's events and hawser's log).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         eprintln!(
-            "backend {name}: listening on {}",
-            listener.local_addr().unwrap()
+            "backend {name}: listening on {} (unix time {}.{:06})",
+            listener.local_addr().unwrap(),
+            now.as_secs(),
+            now.subsec_micros()
         );
         acceptors.push(thread::spawn(move || accept_loop(listener, name, idle)));
     }
