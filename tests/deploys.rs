@@ -5,6 +5,8 @@
 //!   hawser applied the `kill` event, requests in flight finish; a container still running after
 //!   its stop timeout is removed; other signals (HUP) change nothing.
 //! - A new container gets no request before hawser's first probe of it passed.
+//! - A burst of containers started and stopped together is routed, then drained, container by
+//!   container (their inspects run side by side).
 //! - Retries are safe: a POST that reached a backend is never sent again, an idempotent GET is
 //!   retried once per other backend, nothing is retried once response bytes reached the client.
 //! - Passive ejection: consecutive gateway errors take a backend out for a while; it comes back
@@ -149,6 +151,51 @@ fn draining_container_finishes_in_flight_requests_and_gets_no_new_ones() {
             "drain: kill applied {applied_after:?} after docker stop started; 50 requests, none to A, done at {stream_done:?}; \
              {from_a} in-flight request(s) to A finished with 200; docker stop took {stop_took:?}"
         );
+    });
+}
+
+/// Eight containers started by one `docker start` and stopped by one `docker stop`: the
+/// engine interleaves their network, start and kill events, and hawser inspects them side by
+/// side while it keeps each container's own events in order. Every one is routed, and once
+/// their kill events are applied none of them gets a request, although they all still serve.
+#[test]
+fn a_burst_of_containers_is_routed_together_and_drained_together() {
+    let env = TestEnv::new("burst");
+    let host = "burst.test";
+    let anchor = web(&env, "anchor", host, "burst");
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, host, "/", &anchor, SECS_10);
+    let n = 8;
+    let burst: Vec<Container> = (1..=n)
+        .map(|i| web_with(&env, &format!("c{i}"), host, "burst", |s| s.env("SIGTERM_DELAY_MS", "6000").create_only()))
+        .collect();
+    let ids: Vec<String> = burst.iter().map(|c| c.id.clone()).collect();
+    docker_s(&[vec!["start".to_string()], ids.clone()].concat());
+    h.wait_backends_ready("burst", n + 1, SECS_10);
+    let counts = shares(&h, host, 4 * (n + 1));
+    for c in burst.iter().chain([&anchor]) {
+        assert_eq!(counts.get(&c.name), Some(&4), "round robin over all {} backends: {counts:?}", n + 1);
+    }
+
+    thread::scope(|s| {
+        let stopper = s.spawn(|| docker_s(&[vec!["stop".to_string(), "-t".to_string(), "10".to_string()], ids.clone()].concat()));
+        // Every container's kill event was handled (one line each)...
+        let draining: Vec<String> = burst.iter().map(|c| format!("container {}: draining (signal 15)", c.name)).collect();
+        wait_until("every burst container to be draining", SECS_10, || {
+            let log = h.log();
+            draining.iter().all(|d| log.contains(d.as_str())).then_some(())
+        });
+        // ... and the service's selector went live after the last of them.
+        let log = h.log();
+        let last = draining.iter().filter_map(|d| log.find(d.as_str())).max().expect("draining lines");
+        wait_until("the selector to go live after the last kill", SECS_5, || {
+            h.log()[last..].contains("service burst: selector live").then_some(())
+        });
+        for c in &burst {
+            assert!(c.is_running(), "{} exited already: the test cannot tell draining from death", c.name);
+        }
+        assert_only(&h, host, 30, &anchor, "after the burst's kill events were applied");
+        stopper.join().expect("docker stop thread");
     });
 }
 
