@@ -132,15 +132,6 @@ WRK_PID=""
 EVENTS_PID=""
 NET_EVENTS_PID=""
 
-stop_pid() { # pid signal seconds
-    local p=$1 sig=$2 secs=$3 i
-    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }
-    kill -"$sig" "$p" 2>/dev/null || true
-    for ((i = 0; i < secs * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
-    wait "$p" 2>/dev/null || true
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -154,11 +145,7 @@ cleanup() {
     [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" INT 3
     [[ -n "$EVENTS_PID" ]] && stop_pid "$EVENTS_PID" TERM 3
     [[ -n "$NET_EVENTS_PID" ]] && stop_pid "$NET_EVENTS_PID" TERM 3
-    local ids=()
-    mapfile -t ids < <(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
-    ((${#ids[@]})) && docker rm -f -v "${ids[@]}" >/dev/null 2>&1
-    ((NET_CREATED)) && docker network rm "$NET" >/dev/null 2>&1
-    ((IMAGE_BUILT)) && docker rmi -f "$IMAGE" >/dev/null 2>&1
+    bench_remove_docker
     # SIGINT: pingora's fast shutdown (SIGTERM would wait out the grace period).
     [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
     if [[ -n "$TMP" && -s "$TMP/hawser.log" ]]; then
@@ -177,9 +164,7 @@ cleanup() {
     note "total runtime $(secs_since "$T_START") s, exit code $rc"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'echo "terminated" >&2; exit 143' TERM
+bench_traps
 
 # --- prerequisites ------------------------------------------------------------------------
 need=()

@@ -15,6 +15,12 @@
 #   bench_backend_image     compiles tests/support/backend.rs statically into a FROM-scratch
 #                           image $IMAGE labelled $RUN_LABEL=$RUN_ID, in $TMP/ctx; sets
 #                           IMAGE_BUILT=1 first, so that cleanup removes a half-built one too
+#   bench_traps             runs the caller's `cleanup` on exit; INT and TERM exit 130 and 143
+#                           (through it)
+#   stop_pid PID SIG SECS   sends SIG to a process of this script, gives it SECS to exit, then
+#                           KILL; reaps it. Nothing when it is gone already
+#   bench_remove_docker     removes this run's containers (label $RUN_LABEL=$RUN_ID), and its
+#                           network and image when NET_CREATED / IMAGE_BUILT say they exist
 #   free_port VAR           sets VAR (e.g. PORT or 'PORT[nginx]') to a free loopback TCP port
 #                           below the ephemeral range, never the same one twice in a run (a
 #                           variable rather than output: $(...) would forget what it handed out)
@@ -91,6 +97,30 @@ bench_backend_image() {
     docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
         || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
     note "backend image $IMAGE ($(secs_since "$t") s)"
+}
+
+bench_traps() {
+    trap cleanup EXIT
+    trap 'echo "interrupted" >&2; exit 130' INT
+    trap 'echo "terminated" >&2; exit 143' TERM
+}
+
+stop_pid() {
+    local p=$1 sig=$2 secs=$3 i
+    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }
+    kill -"$sig" "$p" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+    wait "$p" 2>/dev/null || true
+}
+
+bench_remove_docker() {
+    local ids=()
+    mapfile -t ids < <(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
+    ((${#ids[@]} == 0)) || docker rm -f -v "${ids[@]}" >/dev/null 2>&1
+    ((!NET_CREATED)) || docker network rm "$NET" >/dev/null 2>&1
+    ((!IMAGE_BUILT)) || docker rmi -f "$IMAGE" >/dev/null 2>&1
+    return 0
 }
 
 declare -A BENCH_TAKEN_PORTS=()

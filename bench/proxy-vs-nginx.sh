@@ -114,15 +114,6 @@ IMAGE_BUILT=0
 declare -A PID=()                # proxy -> pid of the process this script started
 LOAD_PID=""
 
-stop_pid() { # pid signal seconds
-    local p=$1 sig=$2 secs=$3 i
-    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
-    kill -"$sig" "$p" 2>/dev/null
-    for ((i = 0; i < secs * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
-    wait "$p" 2>/dev/null
-    return 0
-}
 
 cleanup() {
     local rc=$?
@@ -137,11 +128,7 @@ cleanup() {
     [[ -n "${PID[nginx]:-}" ]] && stop_pid "${PID[nginx]}" TERM 5
     for w in $workers; do kill -0 "$w" 2>/dev/null && kill -KILL "$w" 2>/dev/null; done
     [[ -n "${PID[haproxy]:-}" ]] && stop_pid "${PID[haproxy]}" TERM 5
-    local ids
-    ids=$(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
-    [[ -n "$ids" ]] && docker rm -f -v $ids >/dev/null 2>&1
-    ((NET_CREATED)) && docker network rm "$NET" >/dev/null 2>&1
-    ((IMAGE_BUILT)) && docker rmi -f "$IMAGE" >/dev/null 2>&1
+    bench_remove_docker
     if ((rc == 1)) && [[ -n "$TMP" ]]; then
         local f
         for f in "$TMP"/hawser.log "$TMP"/nginx/error.log "$TMP"/haproxy.log; do
@@ -158,9 +145,7 @@ cleanup() {
     note "total runtime $(secs_since "$T_START") s, exit code $rc"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'echo "terminated" >&2; exit 143' TERM
+bench_traps
 
 # --- prerequisites ------------------------------------------------------------------------
 export PATH="$PATH:/usr/sbin:/sbin" # nginx and haproxy live in /usr/sbin
@@ -412,14 +397,22 @@ declare -A R_REQS=() R_SECS=() R_TICKS=() R_P50=() R_P99=()
 BAD_RUNS=0
 HZ=$(getconf CLK_TCK)
 
+# Runs a load client (COMMAND ARGS...) in the background, where cleanup can stop it, until it
+# ends; its output is in $TMP/load.out. WHAT names it in the error if it fails.
+run_load() { # what command args...
+    local what=$1
+    shift
+    "$@" >"$TMP/load.out" 2>&1 </dev/null &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "$what failed"; }
+    LOAD_PID=""
+}
+
 # One wrk run; sets REQS SECS_RUN P50 P99 BAD (non-2xx + socket errors).
 run_wrk() { # proxy seconds
     local out
-    wrk -t1 -c"$CONNECTIONS" -d"${2}s" --latency -H "Host: $HOST_HEADER" \
-        "http://127.0.0.1:${PORT[$1]}/" >"$TMP/load.out" 2>&1 </dev/null &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "wrk against $1 failed"; }
-    LOAD_PID=""
+    run_load "wrk against $1" wrk -t1 -c"$CONNECTIONS" -d"${2}s" --latency -H "Host: $HOST_HEADER" \
+        "http://127.0.0.1:${PORT[$1]}/"
     out=$(cat "$TMP/load.out")
     REQS=$(awk '/ requests in / {print $1}' <<<"$out")
     [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
@@ -436,12 +429,8 @@ run_wrk() { # proxy seconds
 run_h2load() { # proxy seconds
     local out log="$TMP/h2.log"
     rm -f "$log"
-    timeout $(($2 + 30)) h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$2" \
-        -H ":authority: $HOST_HEADER" --log-file="$log" \
-        "http://127.0.0.1:${H2PORT[$1]}/" >"$TMP/load.out" 2>&1 </dev/null &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "h2load against $1 failed"; }
-    LOAD_PID=""
+    run_load "h2load against $1" timeout $(($2 + 30)) h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$2" \
+        -H ":authority: $HOST_HEADER" --log-file="$log" "http://127.0.0.1:${H2PORT[$1]}/"
     out=$(cat "$TMP/load.out")
     # "requests: 123 total, 123 started, 123 done, 120 succeeded, 3 failed, 0 errored, 0 timeout"
     REQS=$(awk '/^requests:/ {print $8}' <<<"$out")

@@ -94,22 +94,10 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -n "$WRK_PID" ]] && kill -0 "$WRK_PID" 2>/dev/null; then
-        kill "$WRK_PID" 2>/dev/null
-        wait "$WRK_PID" 2>/dev/null
-    fi
-    local ids
-    ids=$(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" 2>/dev/null)
-    [[ -n "$ids" ]] && docker rm -f -v $ids >/dev/null 2>&1
-    ((NET_CREATED)) && docker network rm "$NET" >/dev/null 2>&1
-    ((IMAGE_BUILT)) && docker rmi -f "$IMAGE" >/dev/null 2>&1
-    if [[ -n "$HAWSER_PID" ]] && kill -0 "$HAWSER_PID" 2>/dev/null; then
-        # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
-        kill -INT "$HAWSER_PID" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$HAWSER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$HAWSER_PID" 2>/dev/null && kill -KILL "$HAWSER_PID" 2>/dev/null
-        wait "$HAWSER_PID" 2>/dev/null
-    fi
+    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
+    bench_remove_docker
+    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
+    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
     [[ -n "$TMP" ]] && rm -rf "$TMP"
     if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
         echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
@@ -119,9 +107,7 @@ cleanup() {
     note "total runtime $(secs_since "$T_START") s, exit code $rc"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'echo "terminated" >&2; exit 143' TERM
+bench_traps
 
 # --- prerequisites ------------------------------------------------------------------------
 need=()
@@ -147,14 +133,6 @@ docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/n
 note "network $NET, hawser label prefix $PREFIX"
 
 # --- hawser -------------------------------------------------------------------------------
-port_free() {
-    if command -v ss >/dev/null 2>&1; then
-        [[ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
-    else
-        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-
 # HTTP status of GET / with the bench Host (000 when nothing answers).
 http_status() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
@@ -163,8 +141,7 @@ http_status() {
 start_hawser() {
     local attempt
     for attempt in 1 2 3 4 5; do
-        PORT=$((20000 + RANDOM % 40000))
-        port_free "$PORT" || continue
+        free_port PORT
         cat >"$TMP/hawser.yaml" <<EOF
 listen: ["127.0.0.1:$PORT"]
 docker:
