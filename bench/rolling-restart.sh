@@ -142,8 +142,10 @@ start_hawser() {
     local attempt
     for attempt in 1 2 3 4 5; do
         free_port PORT
+        free_port ADMIN_PORT
         cat >"$TMP/hawser.yaml" <<EOF
 listen: ["127.0.0.1:$PORT"]
+admin: {listen: "127.0.0.1:$ADMIN_PORT"}
 docker:
   label_prefix: $PREFIX
   exposed_by_default: false
