@@ -132,40 +132,29 @@ pub fn run(args: Vec<OsString>) -> i32 {
         print!("{USAGE}");
         return EXIT_OK;
     }
-    let target = match Target::from_args(&args, std::env::var(TOKEN_ENV).ok()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("hawser explain: {e}");
-            return EXIT_UNREACHABLE;
+    match explain(&args) {
+        Ok(text) => {
+            print!("{text}");
+            EXIT_OK
         }
-    };
-    let containers: Vec<ContainerView> = match target.get_json("/api/containers") {
-        Ok(v) => v,
-        Err(e) => {
+        Err((status, e)) => {
             eprintln!("hawser explain: {e}");
-            return EXIT_UNREACHABLE;
+            status
         }
-    };
+    }
+}
+
+/// Asks the running hawser and renders the answer; on failure, the exit status and why.
+fn explain(args: &Args) -> Result<String, (i32, String)> {
+    let unreachable = |e| (EXIT_UNREACHABLE, e);
+    let target = Target::from_args(args, std::env::var(TOKEN_ENV).ok()).map_err(unreachable)?;
+    let containers: Vec<ContainerView> = target.get_json("/api/containers").map_err(unreachable)?;
     let Some(who) = &args.container else {
-        print!("{}", render_table(&containers));
-        return EXIT_OK;
+        return Ok(render_table(&containers));
     };
-    let found = match find(&containers, who) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hawser explain: {e}");
-            return EXIT_UNKNOWN;
-        }
-    };
-    let services: Vec<ServiceView> = match target.get_json("/api/services") {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("hawser explain: {e}");
-            return EXIT_UNREACHABLE;
-        }
-    };
-    print!("{}", render_detail(found, &services));
-    EXIT_OK
+    let found = find(&containers, who).map_err(|e| (EXIT_UNKNOWN, e))?;
+    let services: Vec<ServiceView> = target.get_json("/api/services").map_err(unreachable)?;
+    Ok(render_detail(found, &services))
 }
 
 /// Where to ask, and with which token.
