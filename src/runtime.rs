@@ -9,7 +9,7 @@
 //!   snapshot, so no change is lost and none waits for a polling interval.
 //! - `State` is behind one mutex, held only for in-memory work (no I/O, no await).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -255,17 +255,10 @@ impl Runtime {
     pub fn apply(&self, catalog: Catalog, cause: &Cause) {
         let mut st = self.state();
         let old = std::mem::replace(&mut st.catalog, catalog);
-        let mut change = Change::default();
-        let names: BTreeSet<String> = old.services.keys().chain(st.catalog.services.keys()).cloned().collect();
-        let mut old_services = old.services;
-        for name in names {
-            change.services.insert(name.clone(), old_services.remove(&name));
-        }
-        let ids: BTreeSet<String> = old.verdicts.keys().chain(st.catalog.verdicts.keys()).cloned().collect();
-        let mut old_verdicts = old.verdicts;
-        for id in ids {
-            change.verdicts.insert(id.clone(), old_verdicts.remove(&id));
-        }
+        let change = Change {
+            services: before_of(old.services, &st.catalog.services),
+            verdicts: before_of(old.verdicts, &st.catalog.verdicts),
+        };
         self.sync(&mut st, &change, cause);
     }
 
@@ -622,6 +615,13 @@ impl Runtime {
     }
 }
 
+/// Every key of `old` or `new`, with its value in `old` (`None`: only in `new`).
+fn before_of<V>(old: BTreeMap<String, V>, new: &BTreeMap<String, V>) -> BTreeMap<String, Option<V>> {
+    let mut before: BTreeMap<String, Option<V>> = new.keys().map(|k| (k.clone(), None)).collect();
+    before.extend(old.into_iter().map(|(k, v)| (k, Some(v))));
+    before
+}
+
 fn status_word(s: ProbeStatus) -> &'static str {
     match s {
         ProbeStatus::Starting => "starting",
@@ -841,6 +841,15 @@ mod tests {
 
     fn live(rt: &Runtime, name: &str) -> Arc<BackendLive> {
         rt.state().live.values().find(|l| l.container_name == name).cloned().unwrap()
+    }
+
+    #[test]
+    fn before_of_names_every_key_with_its_old_value() {
+        let m = |kv: &[(&str, u8)]| kv.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();
+        let before = before_of(m(&[("gone", 1), ("kept", 2)]), &m(&[("kept", 3), ("new", 4)]));
+        let want: BTreeMap<String, Option<u8>> =
+            [("gone".to_string(), Some(1)), ("kept".to_string(), Some(2)), ("new".to_string(), None)].into();
+        assert_eq!(before, want);
     }
 
     fn enabled(rt: &Runtime, name: &str) -> bool {
