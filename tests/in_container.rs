@@ -199,15 +199,22 @@ fn hawser_in_a_container_routes_over_its_own_networks_and_guards_its_admin_api()
     let net_a = env.network();
     let net_b = env.extra_network("b");
     let token = random_token();
-    let config = configs.0.join("hawser.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: [\"0.0.0.0:8080\"]\ndocker:\n  label_prefix: \"{}\"\nadmin:\n  listen: \"0.0.0.0:9900\"\n  token: \"{token}\"\n",
-            env.prefix
-        ),
-    )
-    .expect("write config");
+    // hawser's configuration, written for the container to mount; the admin API listens on
+    // all addresses, with the token or (to see hawser refuse that) without.
+    let write_config = |file: &str, token: Option<&str>| {
+        let path = configs.0.join(file);
+        let token = token.map_or_else(String::new, |t| format!("  token: \"{t}\"\n"));
+        std::fs::write(
+            &path,
+            format!(
+                "listen: [\"0.0.0.0:8080\"]\ndocker:\n  label_prefix: \"{}\"\nadmin:\n  listen: \"0.0.0.0:9900\"\n{token}",
+                env.prefix
+            ),
+        )
+        .expect("write config");
+        path
+    };
+    let config = write_config("hawser.yaml", Some(&token));
 
     let hawser = run_hawser(&env, "hawser", &net_a, &config, true);
     let built = t0.elapsed();
@@ -354,15 +361,7 @@ fn hawser_in_a_container_routes_over_its_own_networks_and_guards_its_admin_api()
     let routed = t0.elapsed();
 
     // A non-loopback admin address without a token: hawser refuses to start.
-    let open = configs.0.join("no-token.yaml");
-    std::fs::write(
-        &open,
-        format!(
-            "listen: [\"0.0.0.0:8080\"]\ndocker:\n  label_prefix: \"{}\"\nadmin:\n  listen: \"0.0.0.0:9900\"\n",
-            env.prefix
-        ),
-    )
-    .expect("write config");
+    let open = write_config("no-token.yaml", None);
     let refused = run_hawser(&env, "hawser-no-token", &net_a, &open, false);
     let code = refused.wait_exited(SECS_10);
     let log = refused.logs();
