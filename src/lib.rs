@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod docker;
+pub mod edge;
 pub mod explain;
 pub mod health;
 pub mod metrics;

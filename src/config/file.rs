@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub proxy: ProxySection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub clients: ClientsSection,
     pub access_log: Option<AccessLogFormat>,
     /// pingora's own `ServerConf`, embedded as-is (threads, grace_period_seconds, pid_file, …).
     pub pingora: Option<pingora::server::configuration::ServerConf>,
@@ -39,6 +41,20 @@ pub struct DockerSection {
     pub network: Option<String>,
     pub exposed_by_default: Option<bool>,
     pub address: Option<AddressMode>,
+}
+
+/// Defences against hostile or broken clients: timeouts, limits, trusted proxies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsSection {
+    pub header_timeout: Option<Dur>,
+    pub keepalive_timeout: Option<Dur>,
+    pub body_timeout: Option<Dur>,
+    pub max_header_size: Option<Size>,
+    pub max_headers: Option<Count>,
+    pub max_uri_length: Option<Size>,
+    pub max_connections: Option<MaxConnections>,
+    pub trusted_proxies: Option<Vec<Cidr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +115,8 @@ pub struct ServiceSection {
     pub retries: Option<u32>,
     pub retry_budget: Option<RetryBudgetSection>,
     pub passive_ejection: Option<EjectionSection>,
+    pub stream_idle_timeout: Option<Dur>,
+    pub max_body_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +154,8 @@ pub struct ProxySection {
     pub retries: Option<u32>,
     pub retry_budget: Option<RetryBudgetSection>,
     pub passive_ejection: Option<EjectionSection>,
+    pub stream_idle_timeout: Option<Dur>,
+    pub max_body_size: Option<Size>,
 }
 
 /// Retries a service may add on top of its requests.
@@ -189,6 +209,66 @@ parsed_newtype!(
     Dur(Duration) = parse_duration
 );
 
+parsed_newtype!(
+    /// A CIDR block (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
+    Cidr(ipnet::IpNet) = parse_cidr
+);
+
+/// A size in bytes: a number, or a number with `k`/`KiB`, `m`/`MiB`, `g`/`GiB` (powers of 1024,
+/// as nginx reads `8k`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Size(pub u64);
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(0) => Err(D::Error::custom("a size must be above 0")),
+            Raw::Number(n) => Ok(Size(n)),
+            Raw::Text(t) => parse_size(&t).map(Size).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// A count, at least 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Count(pub u32);
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(D::Error::custom("must be at least 1")),
+            n => Ok(Count(n)),
+        }
+    }
+}
+
+/// `auto` (derived from the file-descriptor limit) or a number of connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxConnections {
+    Auto,
+    Fixed(u32),
+}
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(0) => Err(D::Error::custom("must be at least 1, or auto")),
+            Raw::Number(n) => Ok(MaxConnections::Fixed(n)),
+            Raw::Text(t) if t == "auto" => Ok(MaxConnections::Auto),
+            Raw::Text(t) => Err(D::Error::custom(format!("{t:?}: expected a number of connections or auto"))),
+        }
+    }
+}
+
 /// A TCP port, 1–65535, written as a number.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Port(pub u16);
@@ -236,12 +316,41 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("invalid duration {raw:?}: unit must be ms, s or m")),
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration {raw:?}: unit must be ms, s, m or h")),
     };
     if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
         return Err(format!("invalid duration {raw:?}: must be above 0 and at most a day"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bad = || format!("invalid size {raw:?}: expected bytes, or e.g. \"64KiB\", \"8k\", \"10MiB\", \"1g\"");
+    let value: u64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim() {
+        "" | "b" | "B" => 1,
+        "k" | "K" | "KiB" | "kb" | "KB" => 1 << 10,
+        "m" | "M" | "MiB" | "mb" | "MB" => 1 << 20,
+        "g" | "G" | "GiB" | "gb" | "GB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    match value.checked_mul(factor) {
+        Some(0) => Err(format!("invalid size {raw:?}: must be above 0")),
+        Some(n) => Ok(n),
+        None => Err(format!("invalid size {raw:?}: too large")),
+    }
+}
+
+fn parse_cidr(raw: &str) -> Result<ipnet::IpNet, String> {
+    let s = raw.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("invalid address block {raw:?}: expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"192.0.2.7\""))
 }
 
 fn parse_endpoint(raw: &str) -> Result<String, String> {
@@ -273,5 +382,23 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn sizes_and_cidrs() {
+        assert_eq!(parse_size("65536").unwrap(), 65536);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("8k").unwrap(), 8192);
+        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("0k").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999g").is_err());
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+        assert_eq!(parse_cidr("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
     }
 }

@@ -32,6 +32,48 @@ pub struct Config {
     pub proxy: ProxyPolicy,
     pub admin: AdminConfig,
     pub access_log: AccessLogFormat,
+    /// Timeouts and limits for client connections, and whose forwarding headers to believe.
+    pub clients: ClientPolicy,
+}
+
+/// What hawser allows a client. Defaults are nginx's where nginx has one (see README
+/// "Security").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientPolicy {
+    /// The whole request head must arrive within this time of its first byte (of the
+    /// connection, for a new one). nginx: `client_header_timeout 60s`.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection (HTTP/1.1 between requests, HTTP/2 with no stream) is
+    /// closed after this. nginx: `keepalive_timeout 75s`.
+    pub keepalive_timeout: Duration,
+    /// Longest pause between two reads of a request body. nginx: `client_body_timeout 60s`.
+    pub body_timeout: Duration,
+    /// Request line plus header fields, in bytes; more → 431.
+    pub max_header_size: usize,
+    /// Header fields per request; more → 431.
+    pub max_headers: usize,
+    /// Request target length in bytes; longer → 414.
+    pub max_uri_length: usize,
+    /// Concurrent client connections; `None` derives it from the descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Peers whose `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are believed (appended to);
+    /// from anyone else those headers are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            header_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            max_header_size: 64 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_connections: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// The admin API: metrics, verdicts, drain. Only loopback without a token.
@@ -134,6 +176,11 @@ pub struct ProxyPolicy {
     pub retries: u32,
     pub retry_budget: RetryBudget,
     pub ejection: EjectionPolicy,
+    /// Idle timeout of long-lived exchanges (WebSocket and other upgrades, server-sent
+    /// events), in place of `read_timeout`, in both directions.
+    pub stream_idle_timeout: Duration,
+    /// Largest request body accepted; larger → 413. `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 impl Default for ProxyPolicy {
@@ -144,6 +191,8 @@ impl Default for ProxyPolicy {
             retries: 2,
             retry_budget: RetryBudget::default(),
             ejection: EjectionPolicy::default(),
+            stream_idle_timeout: Duration::from_secs(3600),
+            max_body_size: None,
         }
     }
 }
@@ -357,6 +406,8 @@ impl Loaded {
                         retries: s.retries,
                         retry_budget: s.retry_budget,
                         passive_ejection: s.passive_ejection,
+                        stream_idle_timeout: s.stream_idle_timeout,
+                        max_body_size: s.max_body_size,
                     },
                 ),
             };
@@ -383,9 +434,10 @@ impl Loaded {
         server.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
         server.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
 
+        let clients = client_policy(&f.clients);
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
         let h2c = f.h2c.unwrap_or(true);
-        Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log }, server })
+        Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log, clients }, server })
     }
 }
 
@@ -400,6 +452,24 @@ fn sets_pingora_threads(text: &str) -> bool {
         .ok()
         .and_then(|k| k.pingora)
         .is_some_and(|p| p.contains_key("threads"))
+}
+
+fn client_policy(s: &file::ClientsSection) -> ClientPolicy {
+    let d = ClientPolicy::default();
+    let bytes = |v: &Option<file::Size>, default: usize| v.map_or(default, |n| usize::try_from(n.0).unwrap_or(usize::MAX));
+    ClientPolicy {
+        header_timeout: s.header_timeout.as_ref().map_or(d.header_timeout, |t| t.0),
+        keepalive_timeout: s.keepalive_timeout.as_ref().map_or(d.keepalive_timeout, |t| t.0),
+        body_timeout: s.body_timeout.as_ref().map_or(d.body_timeout, |t| t.0),
+        max_header_size: bytes(&s.max_header_size, d.max_header_size),
+        max_headers: s.max_headers.map_or(d.max_headers, |n| n.0 as usize),
+        max_uri_length: bytes(&s.max_uri_length, d.max_uri_length),
+        max_connections: match s.max_connections {
+            None | Some(file::MaxConnections::Auto) => None,
+            Some(file::MaxConnections::Fixed(n)) => Some(n as usize),
+        },
+        trusted_proxies: s.trusted_proxies.iter().flatten().map(|c| c.0).collect(),
+    }
 }
 
 fn merge_health(base: &HealthPolicy, s: &file::HealthCheckSection) -> HealthPolicy {
@@ -428,6 +498,8 @@ fn merge_proxy(base: &ProxyPolicy, s: &file::ProxySection) -> ProxyPolicy {
             consecutive_failures: ejection.consecutive_failures.unwrap_or(base.ejection.consecutive_failures),
             duration: ejection.duration.map_or(base.ejection.duration, |d| d.0),
         },
+        stream_idle_timeout: s.stream_idle_timeout.as_ref().map_or(base.stream_idle_timeout, |d| d.0),
+        max_body_size: s.max_body_size.map(|n| n.0).or(base.max_body_size),
     }
 }
 
@@ -540,6 +612,30 @@ pingora:
         assert_eq!(load("access_log: text").unwrap().access_log, AccessLogFormat::Text);
         let e = load("access_log: xml").unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("access_log", Some(1)), "{e}");
+    }
+
+    #[test]
+    fn client_limits() {
+        let c = load("").unwrap();
+        assert_eq!(c.clients, ClientPolicy::default());
+        assert_eq!(c.proxy.stream_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.proxy.max_body_size, None);
+        let c = load(
+            "clients:\n  header_timeout: 2s\n  max_header_size: 16KiB\n  max_headers: 50\n  max_connections: 100\n  trusted_proxies: [10.0.0.0/8, \"::1\"]\nproxy: {max_body_size: 1m}\nservices:\n  a: {hosts: [a.com], stream_idle_timeout: 2h, max_body_size: 10}\n",
+        )
+        .unwrap();
+        assert_eq!(c.clients.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.clients.max_header_size, 16 * 1024);
+        assert_eq!(c.clients.max_headers, 50);
+        assert_eq!(c.clients.max_connections, Some(100));
+        assert_eq!(c.clients.trusted_proxies.len(), 2);
+        assert_eq!(c.proxy.max_body_size, Some(1 << 20));
+        assert_eq!(c.services["a"].proxy.max_body_size, Some(10));
+        assert_eq!(c.services["a"].proxy.stream_idle_timeout, Duration::from_secs(7200));
+        let e = load("clients:\n  trusted_proxies: [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "clients.trusted_proxies[0]"), "{e}");
+        let e = load("clients:\n  max_connections: lots\n").unwrap_err();
+        assert_eq!(e.key, "clients.max_connections", "{e}");
     }
 
     #[test]
