@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hawser::admin::AdminApi;
 use hawser::config::{ConfigError, Loaded};
 use hawser::docker::DockerWatcher;
+use hawser::edge::conn::EdgeApp;
 use hawser::health::HealthChecks;
 use hawser::proxy::HawserProxy;
 use hawser::runtime::Runtime;
@@ -60,17 +61,26 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime), config.access_log));
+    let descriptors = hawser::edge::conn::raise_descriptor_limit().unwrap_or_else(|e| {
+        log::warn!("cannot read the file-descriptor limit: {e}");
+        1024
+    });
+    let max_connections =
+        config.clients.max_connections.unwrap_or_else(|| hawser::edge::conn::connection_budget(descriptors));
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        HawserProxy::new(Arc::clone(&runtime), config.access_log, &config.clients),
+    );
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // With h2c, hawser's connection layer tells HTTP/2 from HTTP/1.x by the first bytes.
+    options.h2c = config.h2c;
+    options.h2_idle_timeout = Some(config.clients.keepalive_timeout);
+    app.server_options = Some(options);
+    // hawser's connection layer in front of pingora's: deadlines, the connection cap.
+    let edge = EdgeApp::new(app, config.h2c, &config.clients, max_connections);
+    let mut proxy = pingora::services::listening::Service::new("hawser proxy".to_string(), edge);
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
-    }
-    if config.h2c {
-        // pingora peeks at each new connection for the HTTP/2 preface; HTTP/1.1 is unaffected.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        if let Some(app) = proxy.app_logic_mut() {
-            app.server_options = Some(options);
-        }
     }
     let proxy = server.add_service(proxy);
     let docker = server.add_service(background_service(
@@ -84,7 +94,7 @@ fn main() {
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     log::info!(
-        "hawser listening on {:?} with {} worker thread(s), admin API on {}",
+        "hawser listening on {:?} with {} worker thread(s), at most {max_connections} client connections ({descriptors} file descriptors), admin API on {}",
         config.listen,
         server.configuration.threads,
         config.admin.listen

@@ -31,6 +31,35 @@ pub struct Metrics {
     pub docker_connected: IntGauge,
     pub discovery_latency: Histogram,
     pub access_log_dropped: IntCounter,
+    pub client_connections: IntGauge,
+    client_closed: IntCounterVec,
+}
+
+/// Why hawser closed a client connection on its own (see [`crate::edge::conn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientClose {
+    /// The request head did not arrive within `clients.header_timeout`.
+    HeaderTimeout,
+    /// Idle between requests for `clients.keepalive_timeout`.
+    KeepaliveTimeout,
+    /// `clients.max_connections` were open already.
+    OverLimit,
+    /// The first bytes were not a request hawser accepts (answered 4xx, then closed).
+    Refused,
+}
+
+impl ClientClose {
+    pub const ALL: [ClientClose; 4] =
+        [ClientClose::HeaderTimeout, ClientClose::KeepaliveTimeout, ClientClose::OverLimit, ClientClose::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientClose::HeaderTimeout => "header_timeout",
+            ClientClose::KeepaliveTimeout => "keepalive_timeout",
+            ClientClose::OverLimit => "over_limit",
+            ClientClose::Refused => "refused",
+        }
+    }
 }
 
 /// The process's metrics.
@@ -116,8 +145,23 @@ impl Metrics {
                 IntCounter::new("hawser_access_log_dropped_total", "Access log lines dropped because the writer fell behind.")
                     .expect("valid metric"),
             ),
+            client_connections: register(
+                &r,
+                IntGauge::new("hawser_client_connections", "Client connections open now, on the listen addresses.")
+                    .expect("valid metric"),
+            ),
+            client_closed: counter_vec(
+                "hawser_client_connections_closed_total",
+                "Client connections hawser closed on its own, by reason: header_timeout, keepalive_timeout, over_limit, refused.",
+                &["reason"],
+            ),
             registry: r,
         }
+    }
+
+    /// The counter of connections closed for `reason`, resolved once by its holder.
+    pub fn client_closed(&self, reason: ClientClose) -> IntCounter {
+        self.client_closed.with_label_values(&[reason.as_str()])
     }
 
     /// The text exposition, with backend states taken from `services` at this moment.

@@ -23,7 +23,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::access_log::{AccessLog, Entry, rfc3339_millis};
 use crate::catalog::routes::normalize_host;
-use crate::config::AccessLogFormat;
+use crate::config::{AccessLogFormat, ClientPolicy};
+use crate::edge::conn;
+use crate::edge::framing::{self, HeadLimits, Reject};
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
@@ -37,11 +39,19 @@ pub struct HawserProxy {
     /// Metrics of requests that matched no route.
     unrouted: ServiceMetrics,
     access_log: Option<AccessLog>,
+    limits: HeadLimits,
+    body_timeout: std::time::Duration,
 }
 
 impl HawserProxy {
-    pub fn new(runtime: Arc<Runtime>, access_log: AccessLogFormat) -> Self {
-        HawserProxy { runtime, unrouted: ServiceMetrics::new(""), access_log: AccessLog::start(access_log) }
+    pub fn new(runtime: Arc<Runtime>, access_log: AccessLogFormat, clients: &ClientPolicy) -> Self {
+        HawserProxy {
+            runtime,
+            unrouted: ServiceMetrics::new(""),
+            access_log: AccessLog::start(access_log),
+            limits: HeadLimits::from(clients),
+            body_timeout: clients.body_timeout,
+        }
     }
 }
 
@@ -54,6 +64,8 @@ pub struct RequestCtx {
     retries: u32,
     /// The backend of the current attempt.
     backend: Option<Arc<BackendLive>>,
+    /// The request head was refused before routing: the answer says why.
+    refused: Option<Reject>,
 }
 
 impl HawserProxy {
@@ -97,7 +109,27 @@ impl ProxyHttp for HawserProxy {
             tried: Tried::default(),
             retries: 0,
             backend: None,
+            refused: None,
         }
+    }
+
+    /// The first look at a request: its head as received must have one reading only (see
+    /// [`framing`]), and the connection's head deadline ends here.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let downstream = session.as_downstream_mut();
+        conn::head_read(downstream.stream());
+        // nginx's client_body_timeout: the longest pause between two reads of the body.
+        downstream.set_read_timeout(Some(self.body_timeout));
+        // RFC 9112 §9.3.2: requests pipelined on a connection are answered in order. pingora
+        // drops them unless asked.
+        downstream.set_pipelining_enabled(true);
+        if let Some(h1) = downstream.as_http1() {
+            if let Err(reject) = framing::check_head(&h1.get_headers_raw_bytes(), &self.limits) {
+                ctx.refused = Some(reject);
+                return Err(Error::explain(ErrorType::HTTPStatus(reject.status), reject.reason));
+            }
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -234,6 +266,7 @@ impl ProxyHttp for HawserProxy {
 
     /// Every request ends here: metrics, then the access log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        conn::request_done(session.as_downstream().stream());
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = match &ctx.service {
@@ -266,6 +299,15 @@ impl ProxyHttp for HawserProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if let Some(reject) = ctx.refused {
+            // Nothing more is read from a client whose head could be read two ways.
+            session.set_keepalive(None);
+            let body = format!("hawser: {}\n", reject.reason);
+            if let Err(err) = respond(session, reject.status, body, &[("Connection", "close")]).await {
+                debug!("could not send the {} response: {err}", reject.status);
+            }
+            return FailToProxy { error_code: reject.status, can_reuse_downstream: false };
+        }
         let service = ctx.service.as_ref().map_or("?", |s| s.name.as_str());
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,

@@ -1,1 +1,530 @@
-//! (being written)
+//! Client connections before and between requests: protocol choice, head and keep-alive
+//! deadlines, the connection cap.
+//!
+//! pingora's own accept path waits, without a deadline, for 24 bytes of a possible HTTP/2
+//! preface when h2c is on (a complete 18-byte `GET / HTTP/1.0` request is never answered),
+//! bounds only each single read of a request head (a client trickling a byte a minute holds
+//! its connection forever) and keeps an idle HTTP/1.1 connection open forever. hawser puts
+//! [`EdgeApp`] in front of pingora's proxy application and wraps every client stream in an
+//! [`EdgeStream`] that owns these deadlines.
+//!
+//! Invariants:
+//! - The protocol is chosen from the first bytes as soon as they differ from the HTTP/2
+//!   preface: an HTTP/1.x request is never kept waiting for bytes that cannot come.
+//! - While a request head is awaited the connection has a deadline: `keepalive_timeout`
+//!   until the first byte of a head on a kept-alive connection, then `header_timeout` for the
+//!   whole head (`header_timeout` from accept for a new connection). When it passes, reads
+//!   fail and pingora closes the connection. Between a head and the end of its answer hawser
+//!   adds no deadline of its own (body reads have `clients.body_timeout`, set per read by
+//!   the proxy). An HTTP/2 connection has none after its preface; pingora closes it after
+//!   `keepalive_timeout` without a stream.
+//! - The phases are driven by the proxy: [`head_read`] when a request head was parsed,
+//!   [`request_done`] when its answer ended. A stream that is not an [`EdgeStream`] (there
+//!   is none today) is left alone.
+//! - At most `max_connections` client connections are open; one more is closed at once,
+//!   without touching the others.
+//! - Bytes read to choose the protocol are replayed, in order, before the socket is read
+//!   again: pingora sees exactly what the client sent.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::debug;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use pingora::protocols::raw_connect::ProxyDigest;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::framing::{self, HeadLimits, Reject};
+use crate::config::ClientPolicy;
+use crate::metrics::{ClientClose, metrics};
+use crate::proxy::HawserProxy;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// pingora's proxy application behind hawser's connection handling.
+pub struct EdgeApp {
+    proxy: Arc<HttpProxy<HawserProxy>>,
+    h2c: bool,
+    timeouts: Timeouts,
+    limits: HeadLimits,
+    max_connections: usize,
+    open: AtomicUsize,
+    closed: [IntCounter; 4],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    keepalive: Duration,
+}
+
+impl EdgeApp {
+    /// `proxy` is pingora's application, already configured (server options, h2 idle
+    /// timeout); `max_connections` is the resolved cap (see [`connection_budget`]).
+    pub fn new(proxy: HttpProxy<HawserProxy>, h2c: bool, clients: &ClientPolicy, max_connections: usize) -> EdgeApp {
+        EdgeApp {
+            proxy: Arc::new(proxy),
+            h2c,
+            timeouts: Timeouts { header: clients.header_timeout, keepalive: clients.keepalive_timeout },
+            limits: HeadLimits::from(clients),
+            max_connections,
+            open: AtomicUsize::new(0),
+            closed: ClientClose::ALL.map(|r| metrics().client_closed(r)),
+        }
+    }
+
+    fn count_close(&self, why: ClientClose) {
+        self.closed[why as usize].inc();
+    }
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(_slot) = Slot::take(self) else {
+            // Dropping the stream closes it; the connections already open are untouched.
+            self.count_close(ClientClose::OverLimit);
+            return None;
+        };
+        let mut stream = EdgeStream::new(stream, self.timeouts);
+        match stream.choose_protocol(self.h2c, &self.limits).await {
+            Ok(()) => {}
+            Err(Unusable::Refused(reject)) => {
+                self.count_close(ClientClose::Refused);
+                stream.refuse(reject).await;
+                return None;
+            }
+            Err(Unusable::TimedOut) => {
+                self.count_close(ClientClose::HeaderTimeout);
+                return None;
+            }
+            Err(Unusable::Gone) => return None,
+        }
+        let clock = Arc::clone(&stream.clock);
+        let reused = self.proxy.process_new(Box::new(stream), shutdown).await;
+        if let Some(why) = clock.expired() {
+            self.count_close(why);
+        }
+        reused
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+/// One of the `max_connections` places, held for the life of a connection.
+struct Slot<'a>(&'a EdgeApp);
+
+impl<'a> Slot<'a> {
+    fn take(app: &'a EdgeApp) -> Option<Slot<'a>> {
+        let prev = app.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= app.max_connections {
+            app.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics().client_connections.inc();
+        Some(Slot(app))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        metrics().client_connections.dec();
+    }
+}
+
+/// How many client connections hawser accepts at once when `clients.max_connections` is
+/// `auto`: as HAProxy derives `maxconn` from the descriptor limit, half of what is left
+/// after a reserve (each client connection may need one to a backend; the reserve is for
+/// the Docker socket, health checks, the admin API and logs).
+pub fn connection_budget(descriptor_limit: u64) -> usize {
+    const RESERVE: u64 = 256;
+    let budget = descriptor_limit.saturating_sub(RESERVE) / 2;
+    usize::try_from(budget.max(64)).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft descriptor limit to the hard one, as nginx's `worker_rlimit_nofile` and
+/// HAProxy do, and returns the limit now in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Ok(lim.rlim_cur as u64);
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Where a connection is in its request cycle, shared between its stream and the proxy.
+#[derive(Debug)]
+pub struct HeadClock {
+    phase: AtomicU8,
+    /// Milliseconds after `epoch` at which the current wait ends (phases with a deadline).
+    deadline_ms: AtomicU64,
+    epoch: Instant,
+    timeouts: Timeouts,
+}
+
+/// Waiting for the first byte of a head on a kept-alive connection.
+const IDLE: u8 = 0;
+/// Waiting for the rest of a head.
+const HEAD: u8 = 1;
+/// A request is being handled, or the connection speaks HTTP/2: no deadline of ours.
+const BUSY: u8 = 2;
+/// A deadline passed: every read fails.
+const EXPIRED_IDLE: u8 = 3;
+const EXPIRED_HEAD: u8 = 4;
+
+impl HeadClock {
+    fn new(timeouts: Timeouts) -> HeadClock {
+        let clock = HeadClock {
+            phase: AtomicU8::new(HEAD),
+            deadline_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            timeouts,
+        };
+        clock.wait(HEAD, timeouts.header);
+        clock
+    }
+
+    fn wait(&self, phase: u8, within: Duration) {
+        let at = self.epoch.elapsed().saturating_add(within).as_millis();
+        self.deadline_ms.store(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Release);
+    }
+
+    /// The deadline of the current phase, if it has one.
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase.load(Ordering::Acquire) {
+            IDLE | HEAD => Some(self.epoch + Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))),
+            _ => None,
+        }
+    }
+
+    /// Bytes arrived: a head on a kept-alive connection has started.
+    fn bytes_arrived(&self) {
+        if self.phase.load(Ordering::Acquire) == IDLE {
+            self.wait(HEAD, self.timeouts.header);
+        }
+    }
+
+    fn expire(&self) -> ClientClose {
+        match self.phase.swap(EXPIRED_HEAD, Ordering::AcqRel) {
+            IDLE | EXPIRED_IDLE => {
+                self.phase.store(EXPIRED_IDLE, Ordering::Release);
+                ClientClose::KeepaliveTimeout
+            }
+            _ => ClientClose::HeaderTimeout,
+        }
+    }
+
+    /// Why the connection was closed by a deadline, if it was.
+    fn expired(&self) -> Option<ClientClose> {
+        match self.phase.load(Ordering::Acquire) {
+            EXPIRED_IDLE => Some(ClientClose::KeepaliveTimeout),
+            EXPIRED_HEAD => Some(ClientClose::HeaderTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// The proxy parsed a request head on this connection: its deadline is lifted.
+pub fn head_read(stream: Option<&Stream>) {
+    if let Some(clock) = clock_of(stream) {
+        clock.phase.store(BUSY, Ordering::Release);
+    }
+}
+
+/// The answer to a request ended: the next head must start within `keepalive_timeout`.
+pub fn request_done(stream: Option<&Stream>) {
+    if let Some(clock) = clock_of(stream) {
+        clock.wait(IDLE, clock.timeouts.keepalive);
+    }
+}
+
+fn clock_of(stream: Option<&Stream>) -> Option<&HeadClock> {
+    stream?.as_any().downcast_ref::<EdgeStream>().map(|s| &*s.clock)
+}
+
+/// Why a connection could not be handed to pingora.
+enum Unusable {
+    /// Its first bytes are refused with this answer.
+    Refused(Reject),
+    TimedOut,
+    /// Closed, or broken, before a protocol could be chosen.
+    Gone,
+}
+
+/// A client stream with hawser's deadlines, and the bytes read to choose the protocol.
+#[derive(Debug)]
+pub struct EdgeStream {
+    inner: Stream,
+    replay: Vec<u8>,
+    replayed: usize,
+    clock: Arc<HeadClock>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl EdgeStream {
+    fn new(inner: Stream, timeouts: Timeouts) -> EdgeStream {
+        EdgeStream { inner, replay: Vec::new(), replayed: 0, clock: Arc::new(HeadClock::new(timeouts)), timer: None }
+    }
+
+    /// Reads until the protocol is known: the HTTP/2 preface (with `h2c`), or for HTTP/1.x
+    /// a complete head, refused early when its first bytes already break a limit or cannot
+    /// be HTTP.
+    async fn choose_protocol(&mut self, h2c: bool, limits: &HeadLimits) -> Result<(), Unusable> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = self.inner.read(&mut chunk);
+            let read = match self.clock.deadline() {
+                Some(deadline) => tokio::time::timeout_at(deadline, read).await.map_err(|_| Unusable::TimedOut)?,
+                None => read.await,
+            };
+            let n = match read {
+                Ok(0) | Err(_) => return Err(Unusable::Gone),
+                Ok(n) => n,
+            };
+            self.replay.extend_from_slice(&chunk[..n]);
+            let seen = &self.replay[..];
+            if h2c {
+                let common = seen.len().min(H2_PREFACE.len());
+                if seen[..common] == H2_PREFACE[..common] {
+                    if common == H2_PREFACE.len() {
+                        // pingora's HTTP/2 connection has its own idle timeout.
+                        self.clock.phase.store(BUSY, Ordering::Release);
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            framing::check_partial(seen, limits).map_err(Unusable::Refused)?;
+            if framing::head_end(seen).is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answers a refused first request and closes: nothing more is read from this client.
+    async fn refuse(&mut self, reject: Reject) {
+        debug!("client connection refused: {} ({})", reject.status, reject.reason);
+        let body = format!("hawser: {}\n", reject.reason);
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            reject.status,
+            http::StatusCode::from_u16(reject.status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
+            body.len()
+        );
+        let write = async {
+            self.inner.write_all(head.as_bytes()).await?;
+            self.inner.write_all(body.as_bytes()).await?;
+            self.inner.flush().await
+        };
+        // A client that does not read its answer does not hold the connection either.
+        let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl AsyncRead for EdgeStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.clock.expired().is_some() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client deadline passed")));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.clock.bytes_arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(deadline) = this.clock.deadline() else {
+                    return Poll::Pending;
+                };
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
+                let why = this.clock.expire();
+                debug!("client connection closed: {}", why.as_str());
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.as_str())))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for EdgeStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for EdgeStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for EdgeStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for EdgeStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for EdgeStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for EdgeStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for EdgeStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for EdgeStream {
+    /// pingora peeks for the HTTP/2 preface. [`EdgeStream::choose_protocol`] has already
+    /// read either the whole preface or bytes that differ from it: answer from those,
+    /// without waiting for more.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let have = &self.replay[self.replayed..];
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        buf[n..].fill(0);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets() {
+        assert_eq!(connection_budget(1024), 384);
+        assert_eq!(connection_budget(1_048_576), 524_160);
+        assert_eq!(connection_budget(100), 64);
+    }
+
+    #[test]
+    fn descriptor_limit_is_raised_to_the_hard_limit() {
+        let now = raise_descriptor_limit().unwrap();
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(now, lim.rlim_cur as u64);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_phases() {
+        let t = Timeouts { header: Duration::from_secs(60), keepalive: Duration::from_secs(75) };
+        let clock = HeadClock::new(t);
+        let start = Instant::now();
+        assert_eq!(clock.deadline().unwrap().duration_since(start).as_secs(), 60);
+        clock.phase.store(BUSY, Ordering::Release);
+        assert_eq!(clock.deadline(), None);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        clock.wait(IDLE, t.keepalive);
+        assert_eq!(clock.deadline().unwrap().duration_since(start).as_secs(), 175);
+        clock.bytes_arrived();
+        assert_eq!(clock.deadline().unwrap().duration_since(start).as_secs(), 160);
+        assert_eq!(clock.expire(), ClientClose::HeaderTimeout);
+        assert_eq!(clock.expired(), Some(ClientClose::HeaderTimeout));
+        clock.wait(IDLE, t.keepalive);
+        assert_eq!(clock.expire(), ClientClose::KeepaliveTimeout);
+        assert_eq!(clock.expired(), Some(ClientClose::KeepaliveTimeout));
+    }
+}
