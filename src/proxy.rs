@@ -64,8 +64,10 @@ pub struct RequestCtx {
     retries: u32,
     /// The backend of the current attempt.
     backend: Option<Arc<BackendLive>>,
-    /// The request head was refused before routing: the answer says why.
+    /// The request was refused by hawser (its head, or its body's size): the answer says why.
     refused: Option<Reject>,
+    /// Request body bytes seen so far, against the service's `max_body_size`.
+    body_bytes: u64,
 }
 
 impl HawserProxy {
@@ -110,6 +112,7 @@ impl ProxyHttp for HawserProxy {
             retries: 0,
             backend: None,
             refused: None,
+            body_bytes: 0,
         }
     }
 
@@ -117,17 +120,16 @@ impl ProxyHttp for HawserProxy {
     /// [`framing`]), and the connection's head deadline ends here.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let downstream = session.as_downstream_mut();
-        conn::head_read(downstream.stream());
+        let unchecked = conn::head_read(downstream.stream());
         // nginx's client_body_timeout: the longest pause between two reads of the body.
         downstream.set_read_timeout(Some(self.body_timeout));
         // RFC 9112 §9.3.2: requests pipelined on a connection are answered in order. pingora
         // drops them unless asked.
         downstream.set_pipelining_enabled(true);
-        if let Some(h1) = downstream.as_http1() {
-            if let Err(reject) = framing::check_head(&h1.get_headers_raw_bytes(), &self.limits) {
-                ctx.refused = Some(reject);
-                return Err(Error::explain(ErrorType::HTTPStatus(reject.status), reject.reason));
-            }
+        if let Some(h1) = downstream.as_http1().filter(|_| unchecked)
+            && let Err(reject) = framing::check_head(&h1.get_headers_raw_bytes(), &self.limits)
+        {
+            return Err(refuse(ctx, reject));
         }
         Ok(())
     }
@@ -179,6 +181,9 @@ impl ProxyHttp for HawserProxy {
         upstream: &mut pingora::http::RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if expects_continue(session.req_header()) {
+            upstream.remove_header(&http::header::EXPECT);
+        }
         // hawser is the edge: it states the client's address rather than trusting what the
         // client claims (Traefik's default for untrusted clients).
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
@@ -193,6 +198,47 @@ impl ProxyHttp for HawserProxy {
         };
         if let Some(host) = host.filter(|h| !h.is_empty()) {
             upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    /// A declared body over the service's `max_body_size` is refused before anything is sent
+    /// upstream (nginx's client_max_body_size, 413).
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let max = ctx.service.as_ref().and_then(|s| s.proxy.max_body_size);
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(max), Some(declared)) = (max, declared)
+            && declared > max
+        {
+            return Err(refuse(ctx, TOO_LARGE));
+        }
+        // nginx answers `Expect: 100-continue` itself once it wants the body; so does hawser,
+        // now that the request is routed and within its limits. The backend is not asked
+        // (see upstream_request_filter), so no second 100 reaches the client.
+        if expects_continue(session.req_header()) {
+            session.as_downstream_mut().write_continue_response().await?;
+        }
+        Ok(true)
+    }
+
+    /// A body without a declared length (chunked) is counted as it streams; past the limit
+    /// the request is cut and, if no answer started yet, answered 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(max) = ctx.service.as_ref().and_then(|s| s.proxy.max_body_size) else { return Ok(()) };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            return Err(refuse(ctx, TOO_LARGE));
         }
         Ok(())
     }
@@ -299,8 +345,8 @@ impl ProxyHttp for HawserProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        if let Some(reject) = ctx.refused {
-            // Nothing more is read from a client whose head could be read two ways.
+        if let (Some(reject), None) = (ctx.refused, session.response_written()) {
+            // Nothing more is read from a client whose request hawser refused.
             session.set_keepalive(None);
             let body = format!("hawser: {}\n", reject.reason);
             if let Err(err) = respond(session, reject.status, body, &[("Connection", "close")]).await {
@@ -345,6 +391,23 @@ impl ProxyHttp for HawserProxy {
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
+}
+
+/// RFC 9110 §10.1.1: an HTTP/1.1 request that waits for `100 Continue` before its body.
+fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+const TOO_LARGE: Reject = Reject { status: 413, reason: "the request body is larger than the service's max_body_size" };
+
+/// Records why hawser refuses this request and makes the error that ends it: the client's
+/// doing, so neither retried nor held against a backend.
+fn refuse(ctx: &mut RequestCtx, reject: Reject) -> Box<Error> {
+    ctx.refused = Some(reject);
+    let mut e = Error::explain(ErrorType::HTTPStatus(reject.status), reject.reason);
+    e.as_down();
+    e
 }
 
 /// The host the client asked for, as it sent it: the Host header, else the host of an

@@ -18,6 +18,8 @@
 //!   adds no deadline of its own (body reads have `clients.body_timeout`, set per read by
 //!   the proxy). An HTTP/2 connection has none after its preface; pingora closes it after
 //!   `keepalive_timeout` without a stream.
+//! - The first head of a connection is checked by [`framing::check_head`] on the bytes as they
+//!   arrived, before pingora parses (and may rewrite) it; later heads are checked by the proxy.
 //! - The phases are driven by the proxy: [`head_read`] when a request head was parsed,
 //!   [`request_done`] when its answer ended. A stream that is not an [`EdgeStream`] (there
 //!   is none today) is left alone.
@@ -29,7 +31,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -181,6 +183,8 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
 #[derive(Debug)]
 pub struct HeadClock {
     phase: AtomicU8,
+    /// The connection's first head passed [`framing::check_head`] as it arrived.
+    first_head_checked: AtomicBool,
     /// Milliseconds after `epoch` at which the current wait ends (phases with a deadline).
     deadline_ms: AtomicU64,
     epoch: Instant,
@@ -201,6 +205,7 @@ impl HeadClock {
     fn new(timeouts: Timeouts) -> HeadClock {
         let clock = HeadClock {
             phase: AtomicU8::new(HEAD),
+            first_head_checked: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             timeouts,
@@ -250,10 +255,16 @@ impl HeadClock {
     }
 }
 
-/// The proxy parsed a request head on this connection: its deadline is lifted.
-pub fn head_read(stream: Option<&Stream>) {
-    if let Some(clock) = clock_of(stream) {
-        clock.phase.store(BUSY, Ordering::Release);
+/// The proxy parsed a request head on this connection: its deadline is lifted. Whether that
+/// head still needs [`framing::check_head`] (the first head of a connection was checked as it
+/// arrived).
+pub fn head_read(stream: Option<&Stream>) -> bool {
+    match clock_of(stream) {
+        Some(clock) => {
+            clock.phase.store(BUSY, Ordering::Release);
+            !clock.first_head_checked.swap(false, Ordering::AcqRel)
+        }
+        None => true,
     }
 }
 
@@ -322,7 +333,11 @@ impl EdgeStream {
                 }
             }
             framing::check_partial(seen, limits).map_err(Unusable::Refused)?;
-            if framing::head_end(seen).is_some() {
+            if let Some(end) = framing::head_end(seen) {
+                // Checked here, on the bytes as sent: pingora rewrites a request line it
+                // cannot parse (spaces in the target become %20) before the proxy sees it.
+                framing::check_head(&seen[..end], limits).map_err(Unusable::Refused)?;
+                self.clock.first_head_checked.store(true, Ordering::Release);
                 return Ok(());
             }
         }

@@ -20,6 +20,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod recorder;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -297,7 +299,7 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "t".to_string() } else { s }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")

@@ -1,0 +1,206 @@
+//! A strict HTTP/1.1 origin server run in the test process (loopback), that records every
+//! request it receives. Put behind hawser with a `--network host` container (hawser routes
+//! those to `127.0.0.1:PORT`), it shows exactly what hawser forwarded: a request smuggled
+//! past hawser shows up as one more recorded request, and anything a strict parser cannot
+//! read one way only is recorded as a violation.
+//!
+//! Answers `200` with `X-Recorder: NAME` and the body `NAME PATH`. Keeps connections alive.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<Recorded>,
+    violations: Vec<String>,
+}
+
+pub struct Recorder {
+    pub name: String,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(name: &str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port for the recorder");
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s, n) = (Arc::clone(&log), Arc::clone(&stop), name.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (l, n) = (Arc::clone(&l), n.clone());
+                std::thread::spawn(move || serve(conn, &n, &l));
+            }
+        });
+        Recorder { name: name.to_string(), addr, log, stop }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far (health-check probes included).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap().requests.clone()
+    }
+
+    /// Requests other than hawser's health probes (`/healthz`).
+    pub fn app_requests(&self) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.target != "/healthz").collect()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.log.lock().unwrap().violations.clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, log: &Mutex<Log>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = conn.try_clone().expect("clone the recorder's socket");
+    let mut reader = BufReader::new(conn);
+    loop {
+        match read_request(&mut reader) {
+            Ok(None) => return,
+            Ok(Some(req)) => {
+                let body = format!("{name} {}", req.target);
+                let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                log.lock().unwrap().requests.push(req);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nX-Recorder: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if writer.write_all(resp.as_bytes()).is_err() || close {
+                    return;
+                }
+            }
+            // The peer gave up mid-request (hawser refusing a body it could not read, a
+            // client going away): nothing to record, nothing ambiguous.
+            Err(e) if e.starts_with(TRUNCATED) => return,
+            Err(violation) => {
+                log.lock().unwrap().violations.push(violation);
+                let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                return;
+            }
+        }
+    }
+}
+
+const TRUNCATED: &str = "truncated: ";
+
+fn line(reader: &mut BufReader<TcpStream>) -> Result<Option<String>, String> {
+    let mut raw = Vec::new();
+    match reader.read_until(b'\n', &mut raw) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(_) => return Ok(None),
+    }
+    let Some(text) = raw.strip_suffix(b"\r\n") else {
+        return Err(format!("a line not ending in CRLF: {:?}", String::from_utf8_lossy(&raw)));
+    };
+    if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(format!("a control byte in {:?}", String::from_utf8_lossy(text)));
+    }
+    String::from_utf8(text.to_vec()).map(Some).map_err(|_| "a line that is not UTF-8".to_string())
+}
+
+/// One request, strictly: CRLF lines, one framing (Content-Length digits, or chunked).
+fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Recorded>, String> {
+    let Some(request_line) = line(reader)? else { return Ok(None) };
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, "HTTP/1.1"] = parts[..] else {
+        return Err(format!("request line {request_line:?}"));
+    };
+    let mut headers = Vec::new();
+    loop {
+        let Some(l) = line(reader)? else { return Err(format!("{TRUNCATED}inside a head")) };
+        if l.is_empty() {
+            break;
+        }
+        if l.starts_with([' ', '\t']) {
+            return Err(format!("obs-fold {l:?}"));
+        }
+        let Some((n, v)) = l.split_once(':') else { return Err(format!("field without colon {l:?}")) };
+        if n.is_empty() || n.contains([' ', '\t']) {
+            return Err(format!("field name {n:?}"));
+        }
+        headers.push((n.to_string(), v.trim().to_string()));
+    }
+    let all = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let (cl, te, host) = (all("content-length"), all("transfer-encoding"), all("host"));
+    if host.len() != 1 {
+        return Err(format!("{} Host fields", host.len()));
+    }
+    let body = match (&cl[..], &te[..]) {
+        ([], []) => Vec::new(),
+        ([n], []) => {
+            let n: usize = n.parse().map_err(|_| format!("Content-Length {n:?}"))?;
+            let mut body = vec![0; n];
+            reader.read_exact(&mut body).map_err(|e| format!("{TRUNCATED}body: {e}"))?;
+            body
+        }
+        ([], [t]) if t.eq_ignore_ascii_case("chunked") => read_chunked(reader)?,
+        _ => return Err(format!("framing Content-Length {cl:?}, Transfer-Encoding {te:?}")),
+    };
+    Ok(Some(Recorded { method: method.to_string(), target: target.to_string(), headers, body }))
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let Some(size_line) = line(reader)? else { return Err(format!("{TRUNCATED}inside a chunked body")) };
+        let size = size_line.split(';').next().unwrap_or("");
+        if size.is_empty() || size.len() > 8 || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("chunk size {size_line:?}"));
+        }
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if size == 0 {
+            // Trailer fields, then the final CRLF.
+            loop {
+                match line(reader)? {
+                    Some(l) if l.is_empty() => return Ok(body),
+                    Some(_) => {}
+                    None => return Err(format!("{TRUNCATED}inside trailers")),
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..]).map_err(|e| format!("{TRUNCATED}chunk: {e}"))?;
+        match line(reader)? {
+            Some(l) if l.is_empty() => {}
+            None => return Err(format!("{TRUNCATED}after a chunk")),
+            other => return Err(format!("after a chunk: {other:?}")),
+        }
+    }
+}
