@@ -308,18 +308,20 @@ impl EdgeStream {
     /// be HTTP.
     async fn choose_protocol(&mut self, h2c: bool, limits: &HeadLimits) -> Result<(), Unusable> {
         use tokio::io::AsyncReadExt;
-        let mut chunk = [0u8; 4096];
         loop {
-            let read = self.inner.read(&mut chunk);
+            // Read straight into the replay buffer: a connection that stalls holds only the
+            // bytes it sent (no fixed read buffer in this future, which lives as long).
+            if self.replay.capacity() - self.replay.len() < 256 {
+                self.replay.reserve(if self.replay.is_empty() { 512 } else { self.replay.len() });
+            }
+            let read = self.inner.read_buf(&mut self.replay);
             let read = match self.clock.deadline() {
                 Some(deadline) => tokio::time::timeout_at(deadline, read).await.map_err(|_| Unusable::TimedOut)?,
                 None => read.await,
             };
-            let n = match read {
-                Ok(0) | Err(_) => return Err(Unusable::Gone),
-                Ok(n) => n,
-            };
-            self.replay.extend_from_slice(&chunk[..n]);
+            if matches!(read, Ok(0) | Err(_)) {
+                return Err(Unusable::Gone);
+            }
             let seen = &self.replay[..];
             if h2c {
                 let common = seen.len().min(H2_PREFACE.len());
