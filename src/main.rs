@@ -76,6 +76,11 @@ fn main() {
     options.h2c = config.h2c;
     options.h2_idle_timeout = Some(config.clients.keepalive_timeout);
     app.server_options = Some(options);
+    // HTTP/2 has no request line to measure: max_header_size bounds its decoded header list
+    // (pingora's own default is 64 KiB, with its cap on concurrent streams kept).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(config.clients.max_header_size).unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
     // hawser's connection layer in front of pingora's: deadlines, the connection cap.
     let edge = EdgeApp::new(app, config.h2c, &config.clients, max_connections);
     let mut proxy = pingora::services::listening::Service::new("hawser proxy".to_string(), edge);

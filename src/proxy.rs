@@ -184,6 +184,7 @@ impl ProxyHttp for HawserProxy {
         if expects_continue(session.req_header()) {
             upstream.remove_header(&http::header::EXPECT);
         }
+        framing::strip_h2c_upgrade(upstream);
         // hawser is the edge: it states the client's address rather than trusting what the
         // client claims (Traefik's default for untrusted clients).
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {

@@ -209,6 +209,7 @@ fn hostile_request_corpus() {
         ("double slash", b"GET //api//x HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n".to_vec(), Answered),
         ("encoded letters", b"GET /%61pi/x HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n".to_vec(), Answered),
         ("encoded slash kept", b"GET /api/group%2Fproject HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n".to_vec(), Answered),
+        ("h2c upgrade offer", b"GET /api/h2c HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n".to_vec(), Answered),
         // --- ordinary, for contrast ---
         ("HTTP/1.0 without Host", b"GET /api/x HTTP/1.0\r\n\r\n".to_vec(), Answered),
         ("leading empty line", b"\r\nGET /api/x HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n".to_vec(), Answered),
@@ -250,6 +251,12 @@ fn hostile_request_corpus() {
     for (rec, v) in [(&e.api, e.api.violations()), (&e.root, e.root.violations())] {
         if !v.is_empty() {
             failures.push(format!("recorder {} got requests with more than one reading: {v:?}", rec.name));
+        }
+    }
+    // h2c smuggling: no backend is offered a tunnel hawser would not see into.
+    for r in e.api.app_requests().iter().chain(e.root.app_requests().iter()) {
+        if r.header("upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("h2c")) || r.header("http2-settings").is_some() {
+            failures.push(format!("{} reached a backend with an h2c upgrade offer", r.target));
         }
     }
     // The path tricks reached the root service, as their resolution says they should.

@@ -209,6 +209,21 @@ fn check_request_line(line: &[u8], limits: &HeadLimits) -> Result<bool, Reject> 
     }
 }
 
+/// Removes a request's offer to switch to cleartext HTTP/2 (`Upgrade: h2c`), before it goes
+/// to a backend. A backend that accepted it would carry any number of HTTP/2 requests in the
+/// upgraded tunnel, none of them seen, routed or checked by hawser ("h2c smuggling"). Other
+/// upgrades (WebSocket) keep their `Upgrade` header; `curl --http2` on http:// offers h2c and
+/// simply gets HTTP/1.1.
+pub fn strip_h2c_upgrade(req: &mut pingora::http::RequestHeader) {
+    let offers_h2c = req.headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|p| trim_ows(p).eq_ignore_ascii_case(b"h2c"))
+    });
+    if offers_h2c {
+        req.remove_header(&http::header::UPGRADE);
+        req.remove_header("HTTP2-Settings");
+    }
+}
+
 fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
@@ -338,6 +353,20 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.0\n\nx"), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
         assert_eq!(head_end(b""), None);
+    }
+
+    #[test]
+    fn h2c_upgrade_offers_are_removed() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Upgrade", "h2c").unwrap();
+        req.insert_header("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA").unwrap();
+        req.insert_header("Connection", "Upgrade, HTTP2-Settings").unwrap();
+        strip_h2c_upgrade(&mut req);
+        assert!(req.headers.get("upgrade").is_none() && req.headers.get("http2-settings").is_none());
+        let mut ws = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        ws.insert_header("Upgrade", "websocket").unwrap();
+        strip_h2c_upgrade(&mut ws);
+        assert_eq!(ws.headers.get("upgrade").unwrap(), "websocket");
     }
 
     mod properties {
