@@ -450,3 +450,49 @@ fn request_bodies_over_a_services_limit_get_413() {
     assert!(targets.contains(&"/api/small".to_string()), "{targets:?}");
     assert!(!targets.contains(&"/api/big".to_string()) && !targets.contains(&"/api/chunked".to_string()), "{targets:?}");
 }
+
+#[test]
+fn out_of_descriptors_the_open_connections_are_still_served() {
+    let e = edge("edge-emfile", "  max_connections: 100000\n");
+    // A kept-alive client whose backend connection is pooled: it needs no new descriptor.
+    let mut kept = HttpConn::connect(e.h.addr).unwrap();
+    assert_eq!(kept.get("edge.test", "/api/before").unwrap().status, 200);
+    assert_eq!(kept.get("edge.test", "/api/before2").unwrap().status, 200);
+    // Leave hawser a few descriptors only, then take them with connections that stall.
+    let pid = e.h.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = open_fds + 8;
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")])
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    let stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(e.h.addr).unwrap();
+            let _ = s.write_all(b"GET /api/x HTTP/1.1\r\n");
+            s
+        })
+        .collect();
+    wait_until("hawser to run out of descriptors", SECS_5, || {
+        let n = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+        (n >= limit).then_some(())
+    });
+    // Out of descriptors indeed: a new connection waits in the kernel's backlog, unaccepted.
+    let mut probe = TcpStream::connect(e.h.addr).unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    probe.write_all(b"GET /api/probe HTTP/1.1\r\nHost: edge.test\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    assert!(probe.read(&mut buf).is_err(), "a new connection was served: hawser was not out of descriptors");
+    // The connection it has is served as before.
+    for i in 0..5 {
+        let r = kept.get("edge.test", &format!("/api/during{i}")).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    drop(stalled);
+    drop(probe);
+    // Once descriptors are free again, new connections are accepted.
+    wait_response("new connections after the stalled ones left", e.h.addr, "edge.test", "/api/after", Duration::from_secs(10), |r| {
+        r.status == 200
+    });
+}
