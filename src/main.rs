@@ -60,7 +60,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime), config.access_log));
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, HawserProxy::new(Arc::clone(&runtime), config.access_log, config.clients.trusted_proxies.clone()));
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }

@@ -10,20 +10,24 @@
 //! - a failure after the request was sent is retried only for idempotent methods;
 //! - at most `retries` per request, and only while the service's retry budget allows.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::{debug, warn};
-use pingora::http::ResponseHeader;
+use pingora::http::authority::raw_target_authority;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::access_log::{AccessLog, Entry, rfc3339_millis};
-use crate::catalog::routes::normalize_host;
 use crate::config::AccessLogFormat;
+use crate::edge::forwarded::{self, Facts};
+use crate::edge::host::{HostPort, parse_host};
+use crate::edge::path::normalize;
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
@@ -37,11 +41,13 @@ pub struct HawserProxy {
     /// Metrics of requests that matched no route.
     unrouted: ServiceMetrics,
     access_log: Option<AccessLog>,
+    /// `clients.trusted_proxies`: peers whose forwarding headers are believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl HawserProxy {
-    pub fn new(runtime: Arc<Runtime>, access_log: AccessLogFormat) -> Self {
-        HawserProxy { runtime, unrouted: ServiceMetrics::new(""), access_log: AccessLog::start(access_log) }
+    pub fn new(runtime: Arc<Runtime>, access_log: AccessLogFormat, trusted_proxies: Vec<ipnet::IpNet>) -> Self {
+        HawserProxy { runtime, unrouted: ServiceMetrics::new(""), access_log: AccessLog::start(access_log), trusted_proxies }
     }
 }
 
@@ -54,6 +60,10 @@ pub struct RequestCtx {
     retries: u32,
     /// The backend of the current attempt.
     backend: Option<Arc<BackendLive>>,
+    /// The request-target the backend gets when it is not the client's: the normalised path
+    /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
+    /// target was already that.
+    upstream_target: Option<String>,
 }
 
 impl HawserProxy {
@@ -97,22 +107,29 @@ impl ProxyHttp for HawserProxy {
             tried: Tried::default(),
             retries: 0,
             backend: None,
+            upstream_target: None,
         }
     }
 
+    /// Routing: on the Host as [`parse_host`] reads it and the path as [`normalize`] gives
+    /// it, or a 400 saying what was wrong.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let host = normalize_host(client_host(req));
-        let path = req.uri.path();
-        match self.runtime.route(&host, path) {
+        let target = match RoutingTarget::read(req) {
+            Ok(target) => target,
+            Err(why) => return bad_request(session, &why).await,
+        };
+        let host = target.host.as_ref().map_or("", |h| &h.host);
+        match self.runtime.route(host, &target.path) {
             Some(svc) => {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
                 ctx.service = Some(svc);
+                ctx.upstream_target = target.upstream_target(req);
                 Ok(false)
             }
             None => {
-                let body = format!("hawser: no route for host {host:?} and path {path:?}\n");
+                let body = format!("hawser: no route for host {host:?} and path {:?}\n", target.path);
                 respond(session, 404, body, &[]).await?;
                 Ok(true)
             }
@@ -141,28 +158,36 @@ impl ProxyHttp for HawserProxy {
         Ok(Box::new(peer))
     }
 
+    /// The request as the backend gets it: the normalised target when it differs from the
+    /// client's, and the forwarding headers [`forwarded`] decides.
+    ///
+    /// The target is rewritten here, on the upstream copy, rather than on the client's request
+    /// before routing, so that the access log keeps what the client sent.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
-        upstream: &mut pingora::http::RequestHeader,
-        _ctx: &mut RequestCtx,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // hawser is the edge: it states the client's address rather than trusting what the
-        // client claims (Traefik's default for untrusted clients).
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            upstream.insert_header("X-Forwarded-For", ip_header_value(ip))?;
-        }
-        upstream.insert_header("X-Forwarded-Proto", http::HeaderValue::from_static("http"))?;
-        // The client's own Host value, shared rather than copied.
         let req = session.req_header();
-        let host = match req.headers.get(http::header::HOST) {
-            Some(v) => Some(v.clone()),
-            None => req.uri.host().and_then(|h| http::HeaderValue::from_str(h).ok()),
-        };
-        if let Some(host) = host.filter(|h| !h.is_empty()) {
-            upstream.insert_header("X-Forwarded-Host", host)?;
+        if let Some(target) = &ctx.upstream_target {
+            upstream.set_raw_path(target.as_bytes())?;
+            // An absolute-form request without a Host header (HTTP/1.0): origin-form needs the
+            // target's authority as Host, which pingora would otherwise have derived from it.
+            if !upstream.headers.contains_key(http::header::HOST)
+                && let Some(authority) = raw_target_authority(req.raw_path()).authority()
+                && let Ok(host) = http::HeaderValue::from_bytes(authority)
+            {
+                upstream.insert_header(http::header::HOST, host)?;
+            }
         }
-        Ok(())
+        let facts = Facts {
+            peer: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            host: routed_host_value(req),
+            port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+            proto: "http",
+        };
+        forwarded::apply(forwarded::edits(facts, &self.trusted_proxies, &req.headers), upstream)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
@@ -315,14 +340,95 @@ fn client_host(req: &pingora::http::RequestHeader) -> &str {
         .unwrap_or_default()
 }
 
-/// An IP address as a header value, formatted without a temporary String.
-fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 48]; // the longest IPv6 text form is 45 bytes
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{ip}");
-    let len = 48 - w.len();
-    http::HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+/// What a request is routed on, read from its head.
+struct RoutingTarget<'r> {
+    /// `None` only for a request that may name no host (HTTP/1.0 without Host).
+    host: Option<HostPort<'r>>,
+    path: Cow<'r, str>,
+    /// The request-target is in absolute-form (`GET http://host/path`).
+    absolute: bool,
+}
+
+impl<'r> RoutingTarget<'r> {
+    /// Reads the host and path, or says why the request is a 400.
+    fn read(req: &'r RequestHeader) -> std::result::Result<Self, String> {
+        let host = request_host(req)?.map(|(host, _)| host);
+        if !req.raw_path_is_utf8() {
+            return Err("the request target is not valid UTF-8: percent-encode its non-ASCII bytes".into());
+        }
+        let path = normalize(req.uri.path()).map_err(|e| e.to_string())?;
+        let absolute = raw_target_authority(req.raw_path()).authority().is_some();
+        Ok(RoutingTarget { host, path, absolute })
+    }
+
+    /// The origin-form target for the backend when it is not the client's own.
+    fn upstream_target(&self, req: &RequestHeader) -> Option<String> {
+        if !self.absolute && matches!(self.path, Cow::Borrowed(_)) {
+            return None;
+        }
+        let query = req.uri.query();
+        let mut target = String::with_capacity(self.path.len() + query.map_or(0, |q| q.len() + 1));
+        target.push_str(&self.path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        Some(target)
+    }
+}
+
+/// The host a request names, parsed, with the Host header it came from (if it did), or why
+/// the request is a 400. The authority of the request-target wins over Host (RFC 9112
+/// §3.2.2): HTTP/2's `:authority`, which pingora keeps in the URI, and an HTTP/1
+/// absolute-form target's, which it keeps in the raw target (and has checked equal to Host).
+fn request_host(req: &RequestHeader) -> std::result::Result<Option<(HostPort<'_>, Option<&http::HeaderValue>)>, String> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let (header, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err("more than one Host header".into());
+    }
+    if header.is_none() && req.version == http::Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header".into());
+    }
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let authority = authority.or_else(|| raw_target_authority(req.raw_path()).authority());
+    match (authority, header) {
+        (Some(a), _) => match parse_host(a) {
+            Ok(host) => Ok(Some((host, None))),
+            Err(e) => Err(format!("invalid authority {} in the request target: {e}", shown(a))),
+        },
+        (None, Some(h)) => match parse_host(h.as_bytes()) {
+            Ok(host) => Ok(Some((host, Some(h)))),
+            Err(e) => Err(format!("invalid Host header {}: {e}", shown(h.as_bytes()))),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// The routed host as an `X-Forwarded-Host` value: the client's Host value itself, shared
+/// rather than copied, when that is already the routed form (the common case).
+fn routed_host_value(req: &RequestHeader) -> Option<http::HeaderValue> {
+    let (host, header) = request_host(req).ok()??;
+    match (header, &host.host) {
+        (Some(value), Cow::Borrowed(h)) if value.len() == h.len() => Some(value.clone()),
+        _ => http::HeaderValue::from_str(&host.host).ok(),
+    }
+}
+
+/// A client's bytes for a message: escaped, and cut short if long.
+fn shown(bytes: &[u8]) -> String {
+    const MAX: usize = 100;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    if bytes.len() > MAX { format!("{text:?}…") } else { format!("{text:?}") }
+}
+
+/// hawser's 400: what was wrong, and the connection closes after it: nothing more is read
+/// from a client that sent garbage, as its next bytes could mean anything.
+async fn bad_request(session: &mut Session, why: &str) -> Result<bool> {
+    debug!("400 to {:?}: {why}", session.client_addr());
+    session.set_keepalive(None);
+    respond(session, 400, format!("hawser: bad request: {why}\n"), &[]).await?;
+    Ok(true)
 }
 
 /// The backends a request has tried, without an allocation for the usual single attempt.
@@ -376,14 +482,6 @@ async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_header_values() {
-        assert_eq!(ip_header_value("192.168.10.200".parse().unwrap()), "192.168.10.200");
-        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
-        assert_eq!(ip_header_value(long.parse().unwrap()), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
-        assert_eq!(ip_header_value("::1".parse().unwrap()), "::1");
-    }
 
     #[test]
     fn tried_backends() {
