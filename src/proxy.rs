@@ -483,6 +483,65 @@ async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&
 mod tests {
     use super::*;
 
+    fn request(target: &str, version: http::Version, hosts: &[&'static str]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        req.set_version(version);
+        for h in hosts {
+            req.append_header("Host", *h).unwrap();
+        }
+        req
+    }
+
+    fn routing(req: &RequestHeader) -> std::result::Result<(String, String, Option<String>), String> {
+        let t = RoutingTarget::read(req)?;
+        let host = t.host.as_ref().map_or(String::new(), |h| h.host.to_string());
+        Ok((host, t.path.to_string(), t.upstream_target(req)))
+    }
+
+    #[test]
+    fn the_host_comes_from_the_target_or_a_single_host_header() {
+        use http::Version;
+        let ok = |req: &RequestHeader| routing(req).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok(&request("/a", Version::HTTP_11, &["A.test:8080"])), ("a.test".into(), "/a".into(), None));
+        let e = routing(&request("/", Version::HTTP_11, &[])).unwrap_err();
+        assert_eq!(e, "an HTTP/1.1 request needs a Host header");
+        assert_eq!(routing(&request("/", Version::HTTP_11, &["a.test", "b.test"])).unwrap_err(), "more than one Host header");
+        let e = routing(&request("/", Version::HTTP_11, &["a.test/b"])).unwrap_err();
+        assert!(e.starts_with("invalid Host header \"a.test/b\": "), "{e}");
+        // HTTP/1.0 may name no host.
+        assert_eq!(ok(&request("/", Version::HTTP_10, &[])), (String::new(), "/".into(), None));
+        // An absolute-form target's authority is the host, and the backend gets origin-form.
+        let req = request("http://Abs.test:81/x/../y?q=1", Version::HTTP_10, &[]);
+        assert_eq!(ok(&req), ("abs.test".into(), "/y".into(), Some("/y?q=1".into())));
+        let req = request("http://abs.test/y?q", Version::HTTP_11, &["abs.test"]);
+        assert_eq!(ok(&req), ("abs.test".into(), "/y".into(), Some("/y?q".into())));
+        let e = routing(&request("http://a_b%2F/", Version::HTTP_10, &[])).unwrap_err();
+        assert!(e.starts_with("invalid authority \"a_b%2F\" in the request target: "), "{e}");
+    }
+
+    #[test]
+    fn the_backend_gets_the_normalised_path_and_the_query_as_sent() {
+        let req = request("/api/%2e%2e//b/?x=%2e%2e/&y", http::Version::HTTP_11, &["a.test"]);
+        assert_eq!(routing(&req).unwrap(), ("a.test".into(), "/b/".into(), Some("/b/?x=%2e%2e/&y".into())));
+        let req = request("/api/..%2Fb", http::Version::HTTP_11, &["a.test"]);
+        assert!(routing(&req).unwrap_err().contains("\"..%2Fb\""));
+        // Bytes that are not UTF-8 are refused rather than routed on a lossy copy.
+        let mut req = request("/", http::Version::HTTP_11, &["a.test"]);
+        req.set_raw_path(b"/caf\xe9").unwrap();
+        assert!(routing(&req).unwrap_err().contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_routed_one_shared_when_it_can_be() {
+        let req = request("/", http::Version::HTTP_11, &["a.test"]);
+        let v = routed_host_value(&req).unwrap();
+        assert_eq!(v, "a.test");
+        assert_eq!(v.as_bytes().as_ptr(), req.headers[http::header::HOST].as_bytes().as_ptr(), "shared, not copied");
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["A.test.:80"])).unwrap(), "a.test");
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_10, &[])), None);
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["a/b"])), None);
+    }
+
     #[test]
     fn tried_backends() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
