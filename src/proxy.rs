@@ -10,22 +10,26 @@
 //! - a failure after the request was sent is retried only for idempotent methods;
 //! - at most `retries` per request, and only while the service's retry budget allows.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::{debug, warn};
-use pingora::http::ResponseHeader;
+use pingora::http::authority::raw_target_authority;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::access_log::{AccessLog, Entry, rfc3339_millis};
-use crate::catalog::routes::normalize_host;
 use crate::config::{AccessLogFormat, ClientPolicy};
 use crate::edge::conn;
+use crate::edge::forwarded::{self, Facts};
 use crate::edge::framing::{self, HeadLimits, Reject};
+use crate::edge::host::{HostPort, parse_host};
+use crate::edge::path::normalize;
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
@@ -41,6 +45,8 @@ pub struct HawserProxy {
     access_log: Option<AccessLog>,
     limits: HeadLimits,
     body_timeout: std::time::Duration,
+    /// `clients.trusted_proxies`: peers whose forwarding headers are believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl HawserProxy {
@@ -51,6 +57,7 @@ impl HawserProxy {
             access_log: AccessLog::start(access_log),
             limits: HeadLimits::from(clients),
             body_timeout: clients.body_timeout,
+            trusted_proxies: clients.trusted_proxies.clone(),
         }
     }
 }
@@ -68,6 +75,10 @@ pub struct RequestCtx {
     refused: Option<Reject>,
     /// Request body bytes seen so far, against the service's `max_body_size`.
     body_bytes: u64,
+    /// The request-target the backend gets when it is not the client's: the normalised path
+    /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
+    /// target was already that.
+    upstream_target: Option<String>,
 }
 
 impl HawserProxy {
@@ -113,6 +124,7 @@ impl ProxyHttp for HawserProxy {
             backend: None,
             refused: None,
             body_bytes: 0,
+            upstream_target: None,
         }
     }
 
@@ -134,19 +146,25 @@ impl ProxyHttp for HawserProxy {
         Ok(())
     }
 
+    /// Routing: on the Host as [`parse_host`] reads it and the path as [`normalize`] gives
+    /// it, or a 400 saying what was wrong.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let host = normalize_host(client_host(req));
-        let path = req.uri.path();
-        match self.runtime.route(&host, path) {
+        let target = match RoutingTarget::read(req) {
+            Ok(target) => target,
+            Err(why) => return bad_request(session, &why).await,
+        };
+        let host = target.host.as_ref().map_or("", |h| &h.host);
+        match self.runtime.route(host, &target.path) {
             Some(svc) => {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
                 ctx.service = Some(svc);
+                ctx.upstream_target = target.upstream_target(req);
                 Ok(false)
             }
             None => {
-                let body = format!("hawser: no route for host {host:?} and path {path:?}\n");
+                let body = format!("hawser: no route for host {host:?} and path {:?}\n", target.path);
                 respond(session, 404, body, &[]).await?;
                 Ok(true)
             }
@@ -175,32 +193,40 @@ impl ProxyHttp for HawserProxy {
         Ok(Box::new(peer))
     }
 
+    /// The request as the backend gets it: the normalised target when it differs from the
+    /// client's, and the forwarding headers [`forwarded`] decides.
+    ///
+    /// The target is rewritten here, on the upstream copy, rather than on the client's request
+    /// before routing, so that the access log keeps what the client sent.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
-        upstream: &mut pingora::http::RequestHeader,
-        _ctx: &mut RequestCtx,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if expects_continue(session.req_header()) {
             upstream.remove_header(&http::header::EXPECT);
         }
         framing::strip_h2c_upgrade(upstream);
-        // hawser is the edge: it states the client's address rather than trusting what the
-        // client claims (Traefik's default for untrusted clients).
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            upstream.insert_header("X-Forwarded-For", ip_header_value(ip))?;
-        }
-        upstream.insert_header("X-Forwarded-Proto", http::HeaderValue::from_static("http"))?;
-        // The client's own Host value, shared rather than copied.
         let req = session.req_header();
-        let host = match req.headers.get(http::header::HOST) {
-            Some(v) => Some(v.clone()),
-            None => req.uri.host().and_then(|h| http::HeaderValue::from_str(h).ok()),
-        };
-        if let Some(host) = host.filter(|h| !h.is_empty()) {
-            upstream.insert_header("X-Forwarded-Host", host)?;
+        if let Some(target) = &ctx.upstream_target {
+            upstream.set_raw_path(target.as_bytes())?;
+            // An absolute-form request without a Host header (HTTP/1.0): origin-form needs the
+            // target's authority as Host, which pingora would otherwise have derived from it.
+            if !upstream.headers.contains_key(http::header::HOST)
+                && let Some(authority) = raw_target_authority(req.raw_path()).authority()
+                && let Ok(host) = http::HeaderValue::from_bytes(authority)
+            {
+                upstream.insert_header(http::header::HOST, host)?;
+            }
         }
-        Ok(())
+        let facts = Facts {
+            peer: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            host: routed_host_value(req),
+            port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+            proto: "http",
+        };
+        forwarded::apply(forwarded::edits(facts, &self.trusted_proxies, &req.headers), upstream)
     }
 
     /// A declared body over the service's `max_body_size` is refused before anything is sent
@@ -421,14 +447,95 @@ fn client_host(req: &pingora::http::RequestHeader) -> &str {
         .unwrap_or_default()
 }
 
-/// An IP address as a header value, formatted without a temporary String.
-fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 48]; // the longest IPv6 text form is 45 bytes
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{ip}");
-    let len = 48 - w.len();
-    http::HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+/// What a request is routed on, read from its head.
+struct RoutingTarget<'r> {
+    /// `None` only for a request that may name no host (HTTP/1.0 without Host).
+    host: Option<HostPort<'r>>,
+    path: Cow<'r, str>,
+    /// The request-target is in absolute-form (`GET http://host/path`).
+    absolute: bool,
+}
+
+impl<'r> RoutingTarget<'r> {
+    /// Reads the host and path, or says why the request is a 400.
+    fn read(req: &'r RequestHeader) -> std::result::Result<Self, String> {
+        let host = request_host(req)?.map(|(host, _)| host);
+        if !req.raw_path_is_utf8() {
+            return Err("the request target is not valid UTF-8: percent-encode its non-ASCII bytes".into());
+        }
+        let path = normalize(req.uri.path()).map_err(|e| e.to_string())?;
+        let absolute = raw_target_authority(req.raw_path()).authority().is_some();
+        Ok(RoutingTarget { host, path, absolute })
+    }
+
+    /// The origin-form target for the backend when it is not the client's own.
+    fn upstream_target(&self, req: &RequestHeader) -> Option<String> {
+        if !self.absolute && matches!(self.path, Cow::Borrowed(_)) {
+            return None;
+        }
+        let query = req.uri.query();
+        let mut target = String::with_capacity(self.path.len() + query.map_or(0, |q| q.len() + 1));
+        target.push_str(&self.path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        Some(target)
+    }
+}
+
+/// The host a request names, parsed, with the Host header it came from (if it did), or why
+/// the request is a 400. The authority of the request-target wins over Host (RFC 9112
+/// §3.2.2): HTTP/2's `:authority`, which pingora keeps in the URI, and an HTTP/1
+/// absolute-form target's, which it keeps in the raw target (and has checked equal to Host).
+fn request_host(req: &RequestHeader) -> std::result::Result<Option<(HostPort<'_>, Option<&http::HeaderValue>)>, String> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let (header, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err("more than one Host header".into());
+    }
+    if header.is_none() && req.version == http::Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header".into());
+    }
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let authority = authority.or_else(|| raw_target_authority(req.raw_path()).authority());
+    match (authority, header) {
+        (Some(a), _) => match parse_host(a) {
+            Ok(host) => Ok(Some((host, None))),
+            Err(e) => Err(format!("invalid authority {} in the request target: {e}", shown(a))),
+        },
+        (None, Some(h)) => match parse_host(h.as_bytes()) {
+            Ok(host) => Ok(Some((host, Some(h)))),
+            Err(e) => Err(format!("invalid Host header {}: {e}", shown(h.as_bytes()))),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// The routed host as an `X-Forwarded-Host` value: the client's Host value itself, shared
+/// rather than copied, when that is already the routed form (the common case).
+fn routed_host_value(req: &RequestHeader) -> Option<http::HeaderValue> {
+    let (host, header) = request_host(req).ok()??;
+    match (header, &host.host) {
+        (Some(value), Cow::Borrowed(h)) if value.len() == h.len() => Some(value.clone()),
+        _ => http::HeaderValue::from_str(&host.host).ok(),
+    }
+}
+
+/// A client's bytes for a message: escaped, and cut short if long.
+fn shown(bytes: &[u8]) -> String {
+    const MAX: usize = 100;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    if bytes.len() > MAX { format!("{text:?}…") } else { format!("{text:?}") }
+}
+
+/// hawser's 400: what was wrong, and the connection closes after it: nothing more is read
+/// from a client that sent garbage, as its next bytes could mean anything.
+async fn bad_request(session: &mut Session, why: &str) -> Result<bool> {
+    debug!("400 to {:?}: {why}", session.client_addr());
+    session.set_keepalive(None);
+    respond(session, 400, format!("hawser: bad request: {why}\n"), &[]).await?;
+    Ok(true)
 }
 
 /// The backends a request has tried, without an allocation for the usual single attempt.
@@ -483,12 +590,63 @@ async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&
 mod tests {
     use super::*;
 
+    fn request(target: &str, version: http::Version, hosts: &[&'static str]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        req.set_version(version);
+        for h in hosts {
+            req.append_header("Host", *h).unwrap();
+        }
+        req
+    }
+
+    fn routing(req: &RequestHeader) -> std::result::Result<(String, String, Option<String>), String> {
+        let t = RoutingTarget::read(req)?;
+        let host = t.host.as_ref().map_or(String::new(), |h| h.host.to_string());
+        Ok((host, t.path.to_string(), t.upstream_target(req)))
+    }
+
     #[test]
-    fn ip_header_values() {
-        assert_eq!(ip_header_value("192.168.10.200".parse().unwrap()), "192.168.10.200");
-        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
-        assert_eq!(ip_header_value(long.parse().unwrap()), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
-        assert_eq!(ip_header_value("::1".parse().unwrap()), "::1");
+    fn the_host_comes_from_the_target_or_a_single_host_header() {
+        use http::Version;
+        let ok = |req: &RequestHeader| routing(req).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok(&request("/a", Version::HTTP_11, &["A.test:8080"])), ("a.test".into(), "/a".into(), None));
+        let e = routing(&request("/", Version::HTTP_11, &[])).unwrap_err();
+        assert_eq!(e, "an HTTP/1.1 request needs a Host header");
+        assert_eq!(routing(&request("/", Version::HTTP_11, &["a.test", "b.test"])).unwrap_err(), "more than one Host header");
+        let e = routing(&request("/", Version::HTTP_11, &["a.test/b"])).unwrap_err();
+        assert!(e.starts_with("invalid Host header \"a.test/b\": "), "{e}");
+        // HTTP/1.0 may name no host.
+        assert_eq!(ok(&request("/", Version::HTTP_10, &[])), (String::new(), "/".into(), None));
+        // An absolute-form target's authority is the host, and the backend gets origin-form.
+        let req = request("http://Abs.test:81/x/../y?q=1", Version::HTTP_10, &[]);
+        assert_eq!(ok(&req), ("abs.test".into(), "/y".into(), Some("/y?q=1".into())));
+        let req = request("http://abs.test/y?q", Version::HTTP_11, &["abs.test"]);
+        assert_eq!(ok(&req), ("abs.test".into(), "/y".into(), Some("/y?q".into())));
+        let e = routing(&request("http://a_b%2F/", Version::HTTP_10, &[])).unwrap_err();
+        assert!(e.starts_with("invalid authority \"a_b%2F\" in the request target: "), "{e}");
+    }
+
+    #[test]
+    fn the_backend_gets_the_normalised_path_and_the_query_as_sent() {
+        let req = request("/api/%2e%2e//b/?x=%2e%2e/&y", http::Version::HTTP_11, &["a.test"]);
+        assert_eq!(routing(&req).unwrap(), ("a.test".into(), "/b/".into(), Some("/b/?x=%2e%2e/&y".into())));
+        let req = request("/api/..%2Fb", http::Version::HTTP_11, &["a.test"]);
+        assert!(routing(&req).unwrap_err().contains("\"..%2Fb\""));
+        // Bytes that are not UTF-8 are refused rather than routed on a lossy copy.
+        let mut req = request("/", http::Version::HTTP_11, &["a.test"]);
+        req.set_raw_path(b"/caf\xe9").unwrap();
+        assert!(routing(&req).unwrap_err().contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_routed_one_shared_when_it_can_be() {
+        let req = request("/", http::Version::HTTP_11, &["a.test"]);
+        let v = routed_host_value(&req).unwrap();
+        assert_eq!(v, "a.test");
+        assert_eq!(v.as_bytes().as_ptr(), req.headers[http::header::HOST].as_bytes().as_ptr(), "shared, not copied");
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["A.test.:80"])).unwrap(), "a.test");
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_10, &[])), None);
+        assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["a/b"])), None);
     }
 
     #[test]

@@ -54,6 +54,21 @@ fn list_ports(ports: &[u16]) -> String {
     if s.is_empty() { last } else { format!("{} and {last}", s.join(", ")) }
 }
 
+/// The one of hawser's own listeners that `addr` would reach, if any: the same address, or a
+/// loopback address on the port of a wildcard listener (`0.0.0.0`, `[::]`, which on Linux
+/// also takes IPv4 unless v6only). Such a backend is refused: every request to it would come
+/// back to hawser, and go round until something times out. It happens to a `network_mode:
+/// host` container (routed to `127.0.0.1:PORT`) labelled with hawser's own port.
+pub fn own_listener(addr: SocketAddr, listeners: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+    let ip = addr.ip().to_canonical();
+    // Connecting to 0.0.0.0 or [::] reaches the local host on Linux.
+    let local = ip.is_loopback() || ip.is_unspecified();
+    listeners.into_iter().find(|l| {
+        let lip = l.ip().to_canonical();
+        l.port() == addr.port() && (lip == ip || (lip.is_unspecified() && local) || (ip.is_unspecified() && lip.is_loopback()))
+    })
+}
+
 /// The socket address for `port` of container `c`.
 pub fn choose_address(
     c: &Container,
@@ -192,6 +207,25 @@ mod tests {
         assert!(addr(&c, None, None, &["x"]).unwrap_err().starts_with("not on a network shared with hawser"));
         assert!(addr(&c, None, None, &["net", "back"]).unwrap_err().starts_with("on several networks shared with hawser"));
         assert_eq!(addr(&Container::sample("b", "10.0.0.3"), None, None, &[]).unwrap().to_string(), "10.0.0.3:80");
+    }
+
+    #[test]
+    fn own_listeners_are_recognised() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let own = |addr: &str, listeners: &[&str]| own_listener(sa(addr), listeners.iter().map(|l| sa(l)));
+        assert_eq!(own("127.0.0.1:8080", &["127.0.0.1:8080"]), Some(sa("127.0.0.1:8080")));
+        assert_eq!(own("127.0.0.1:8080", &["127.0.0.1:9900", "0.0.0.0:8080"]), Some(sa("0.0.0.0:8080")));
+        assert_eq!(own("127.0.0.2:8080", &["0.0.0.0:8080"]), Some(sa("0.0.0.0:8080")));
+        assert_eq!(own("127.0.0.1:8080", &["[::]:8080"]), Some(sa("[::]:8080")));
+        assert_eq!(own("[::1]:8080", &["0.0.0.0:8080"]), Some(sa("0.0.0.0:8080")));
+        assert_eq!(own("[::ffff:127.0.0.1]:8080", &["127.0.0.1:8080"]), Some(sa("127.0.0.1:8080")));
+        assert_eq!(own("0.0.0.0:8080", &["127.0.0.1:8080"]), Some(sa("127.0.0.1:8080")));
+        assert_eq!(own("127.0.0.1:8081", &["0.0.0.0:8080", "127.0.0.1:8080"]), None);
+        // Another loopback address than the listener's is another socket.
+        assert_eq!(own("127.0.0.2:8080", &["127.0.0.1:8080"]), None);
+        // A container's own address is not hawser's, even on the same port.
+        assert_eq!(own("172.17.0.2:8080", &["0.0.0.0:8080"]), None);
+        assert_eq!(own("10.0.0.5:8080", &["10.0.0.6:8080"]), None);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub struct LabelError {
 
 impl fmt::Display for LabelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "label {}={:?}: {}", self.label, self.value, self.problem)
+        // The key is Docker's as much as the value is: escaped too, should it hold a control
+        // character (it reads as typed otherwise).
+        write!(f, "label {}={:?}: {}", self.label.escape_debug(), self.value, self.problem)
     }
 }
 
@@ -40,7 +42,10 @@ const KEYS: &[&str] = &["enable", "service", "host", "path", "port", "network", 
 
 impl Labels {
     /// Reads the labels under `prefix`. An unknown key under the prefix is an error too: a typo
-    /// such as `hawser.hots` must not silently leave a container unrouted.
+    /// such as `hawser.hots` must not silently leave a container unrouted. So is a control
+    /// character in any value, before it is trimmed: a CR/LF in a path or host would otherwise
+    /// reach requests, probes and logs, and anyone who may label a container could inject a
+    /// header or a log line through it.
     pub fn parse(prefix: &str, labels: &BTreeMap<String, String>) -> Result<Labels, LabelError> {
         let mut out = Labels::default();
         for (label, value) in labels {
@@ -48,6 +53,10 @@ impl Labels {
                 continue;
             };
             let fail = |problem: String| LabelError { label: label.clone(), value: value.clone(), problem };
+            // `char::is_control`: C0 (CR, LF, TAB, NUL …), DEL and C1 (NEL is a line break too).
+            if let Some(c) = value.chars().find(|c| c.is_control()) {
+                return Err(fail(format!("contains a control character (U+{:04X})", u32::from(c))));
+            }
             let v = value.trim();
             match key {
                 "enable" => out.enable = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
@@ -139,5 +148,47 @@ mod tests {
         assert_eq!(parse(&[("hawser.service", "a/b")]).unwrap_err().label, "hawser.service");
         let typo = parse(&[("hawser.hots", "a.com")]).unwrap_err();
         assert!(typo.problem.starts_with("unknown label"), "{typo}");
+    }
+
+    #[test]
+    fn a_control_character_in_any_value_is_refused() {
+        for key in KEYS.iter().chain(&["unknown"]) {
+            for bad in ["\n", "\r", "\t", "\0", "\x7f", "\u{85}"] {
+                let label = format!("hawser.{key}");
+                let e = parse(&[(label.as_str(), &format!("/ok{bad}"))]).unwrap_err();
+                assert_eq!(e.label, label);
+                assert!(e.problem.starts_with("contains a control character"), "{e}");
+                // Shown escaped: the message itself must not carry the character.
+                assert!(!e.to_string().contains(bad), "{e:?}");
+            }
+        }
+        // Trimming must not hide it.
+        assert!(parse(&[("hawser.host", "a.com\r\n")]).is_err());
+        let e = parse(&[("hawser.healthcheck.path", "/x\r\nHost: evil")]).unwrap_err();
+        assert!(e.to_string().starts_with("label hawser.healthcheck.path="), "{e}");
+        // Another prefix's labels are not hawser's business.
+        assert!(parse(&[("other.path", "\n")]).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_every_error_names_its_label(
+            key in proptest::sample::select(KEYS.iter().copied().chain(["typo", ""]).collect::<Vec<_>>()),
+            value in proptest::prelude::any::<String>(),
+            other in proptest::prelude::any::<String>(),
+            odd_key in proptest::prelude::any::<String>(),
+        ) {
+            let label = format!("hawser.{key}");
+            let labels: BTreeMap<String, String> =
+                [(label, value), ("hawser.enable".to_string(), other), (format!("hawser.{odd_key}"), "1".to_string())]
+                    .into_iter()
+                    .collect();
+            if let Err(e) = Labels::parse("hawser", &labels) {
+                proptest::prop_assert!(labels.contains_key(&e.label), "{e}");
+                let named = format!("label {}=", e.label.escape_debug());
+                proptest::prop_assert!(e.to_string().starts_with(&named), "{e}");
+                proptest::prop_assert!(!e.to_string().chars().any(char::is_control), "{e:?}");
+            }
+        }
     }
 }

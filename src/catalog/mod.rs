@@ -329,7 +329,9 @@ impl Catalog {
                         env,
                         prefix,
                     )
-                }) {
+                })
+                .and_then(|addr| refuse_own_listener(config, addr))
+                {
                     Ok(a) => Some(a),
                     Err(reason) => {
                         self.refuse(c, Some(&cand.service), Standing::Refused, reason);
@@ -489,6 +491,21 @@ fn admit(config: &Config, c: &Container) -> Result<(String, Labels), (Standing, 
     Ok((service, labels))
 }
 
+/// `addr`, unless it is one of hawser's own listeners (see [`address::own_listener`]).
+fn refuse_own_listener(config: &Config, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let what = |listener: SocketAddr, kind: &str| {
+        let via = if listener == addr { String::new() } else { format!(" (address {addr})") };
+        Err(format!("routes to hawser's own {kind}listener {listener}{via}"))
+    };
+    if let Some(listener) = address::own_listener(addr, config.listen.iter().copied()) {
+        return what(listener, "");
+    }
+    if let Some(listener) = address::own_listener(addr, [config.admin.listen]) {
+        return what(listener, "admin ");
+    }
+    Ok(addr)
+}
+
 /// The routes a container's labels ask for: each host × the path (a path alone means any host).
 fn label_routes(labels: &Labels) -> Vec<RouteKey> {
     let path = labels.path.clone().unwrap_or_else(|| "/".to_string());
@@ -566,6 +583,43 @@ mod tests {
         assert_eq!(svc.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(), ["10.0.0.2:80", "10.0.0.3:80"]);
         assert!(cat.verdicts.values().all(|v| v.routed()));
         assert_eq!(svc.backends[0].probe, Probe::Tcp);
+    }
+
+    #[test]
+    fn a_control_character_in_a_label_refuses_only_that_container() {
+        let good = web("good", "10.0.0.2", "web.test");
+        let bad = web("bad", "10.0.0.3", "web.test").label("hawser.healthcheck.path", "/healthz\r\nX-Evil: 1");
+        let cat = Catalog::build(&config(""), [&good, &bad], &Environment::default());
+        let why = reason(&cat, "bad-id");
+        assert!(why.starts_with("label hawser.healthcheck.path=") && why.contains("contains a control character"), "{why}");
+        assert_eq!(cat.verdicts["bad-id"].standing, Standing::Refused);
+        assert!(cat.verdicts["good-id"].routed());
+        assert_eq!(cat.services["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn a_backend_at_hawsers_own_listener_is_refused() {
+        let host_mode = |name: &str, port: &str| {
+            let mut c = web(name, "10.0.0.9", &format!("{name}.test")).label("hawser.port", port);
+            c.network_mode = "host".into();
+            c.networks = [("host".to_string(), None)].into();
+            c
+        };
+        let cs = [host_mode("loop", "8080"), host_mode("admin", "9900"), host_mode("fine", "8081"), web("w", "10.0.0.2", "w.test")];
+        let cat = Catalog::build(&config("listen: [\"0.0.0.0:8080\"]\n"), &cs, &Environment::default());
+        assert_eq!(reason(&cat, "loop-id"), "routes to hawser's own listener 0.0.0.0:8080 (address 127.0.0.1:8080)");
+        assert_eq!(cat.verdicts["loop-id"].standing, Standing::Refused);
+        assert_eq!(reason(&cat, "admin-id"), "routes to hawser's own admin listener 127.0.0.1:9900");
+        assert!(cat.verdicts["fine-id"].routed(), "{:?}", cat.verdicts["fine-id"]);
+        assert!(cat.verdicts["w-id"].routed());
+        let web = &cat.services["web"];
+        let addrs: Vec<String> = web.backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:8081", "10.0.0.2:80"]);
+        // The refused ones claimed nothing: their hosts are not routes that answer 503 for ever.
+        let hosts: Vec<String> = web.routes.iter().map(|r| r.host.to_string()).collect();
+        assert_eq!(hosts, ["fine.test", "w.test"]);
+        let cat = Catalog::build(&config("listen: [\"127.0.0.1:8080\"]\n"), &cs[..1], &Environment::default());
+        assert_eq!(reason(&cat, "loop-id"), "routes to hawser's own listener 127.0.0.1:8080");
     }
 
     #[test]

@@ -187,7 +187,8 @@ impl<T> RouteTable<T> {
         table
     }
 
-    /// Finds the target for a request. `host` must already be lowercase and without a port.
+    /// Finds the target for a request. `host` must already be lowercase and without a port
+    /// or trailing dot, as [`crate::edge::host::parse_host`] gives it.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&T> {
         if let Some(t) = self.exact.get(host).and_then(|r| r.find(path)) {
             return Some(t);
@@ -204,24 +205,6 @@ impl<T> RouteTable<T> {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty() && self.any.by_prefix.is_empty()
-    }
-}
-
-/// Normalises a request's Host header value for [`RouteTable::lookup`]: strips the port and a
-/// trailing dot and lowercases. Returns the input unchanged (no allocation) when it is already
-/// normal, which is the common case.
-pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
-    let without_port = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop the port after them.
-        raw.find(']').map_or(raw, |end| &raw[..=end])
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    let trimmed = without_port.trim_end_matches('.');
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(trimmed)
     }
 }
 
@@ -278,13 +261,5 @@ mod tests {
     fn a_host_without_matching_prefix_falls_through() {
         let t = RouteTable::build([(key("a.example.com", "/api"), "api"), (key("*.example.com", "/"), "wild")]);
         assert_eq!(t.lookup("a.example.com", "/other"), Some(&"wild"));
-    }
-
-    #[test]
-    fn host_header_normalisation() {
-        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
-        assert_eq!(normalize_host("example.com."), "example.com");
-        assert!(matches!(normalize_host("example.com"), std::borrow::Cow::Borrowed(_)));
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }
 }

@@ -8,7 +8,7 @@
 //! 4xx and a closed connection.
 //!
 //! Invariants:
-//! - [`check_head`] accepts a head only if: every line ends in CRLF; the request line is
+//! - [`check_head`] accepts a head only if: every line ends in CRLF; at most one Host; the request line is
 //!   `token SP target SP HTTP/1.0|HTTP/1.1`; no field line is folded (obs-fold), has
 //!   whitespace before its colon, an empty or non-token name, or a control byte (NUL, CR, LF,
 //!   …; HTAB allowed) in its value; there is at most one Content-Length, of digits only; at
@@ -130,6 +130,7 @@ pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
     let mut fields = 0usize;
     let mut content_length = 0u32;
     let mut transfer_encoding = 0u32;
+    let mut hosts = 0u32;
     let mut ended = false;
     for line in lines.by_ref() {
         let line = line?;
@@ -155,7 +156,13 @@ pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
             return Err(reject(400, "a control character in a header field value"));
         }
         let value = trim_ows(value);
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 {
+                // Which one a backend or a cache reads is anyone's guess (RFC 9112 §3.2: 400).
+                return Err(reject(400, "more than one Host"));
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             content_length += 1;
             if content_length > 1 {
                 return Err(reject(400, "more than one Content-Length"));
@@ -315,6 +322,7 @@ mod tests {
             ("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA / HTTP/1.1\r\n\r\n", 400),
             ("GET /a\u{7f} HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400),
         ] {
             assert_eq!(check(head), Err(status), "{head:?}");
         }

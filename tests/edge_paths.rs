@@ -1,0 +1,314 @@
+//! Hostile request paths, Hosts and forwarding headers against a real hawser and real
+//! backends (issue 10): what routing decides, what the backend receives, and hawser's 400s.
+//! Requests are written raw on a `TcpStream`, so that nothing on the client side tidies them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// One raw request on a fresh connection: the status line, the headers (names lower-cased),
+/// the body, and whether hawser closed the connection after the answer.
+struct Raw {
+    status: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    closed: bool,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn code(&self) -> u16 {
+        self.status.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+}
+
+fn raw(h: &Hawser, request: &str) -> Raw {
+    // Reads until hawser closes: a connection it keeps open ends in the read timeout instead.
+    let (bytes, ended) = http_raw(h.addr, request.as_bytes(), SECS_5);
+    let Some((status, headers, body)) = split_raw(&bytes) else {
+        panic!("no HTTP answer to {request:?} ({ended:?}); got {:?}\nhawser log:\n{}", String::from_utf8_lossy(&bytes), h.log());
+    };
+    Raw { status, headers, body: String::from_utf8_lossy(&body).into_owned(), closed: ended.is_none() }
+}
+
+fn get_raw(h: &Hawser, host: &str, target: &str) -> Raw {
+    raw(h, &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+}
+
+/// Asserts hawser's own 400: its text naming the problem, and the connection closed.
+fn assert_bad_request(r: &Raw, what: &str, mentions: &str) {
+    assert_eq!(r.code(), 400, "{what}: {} {}", r.status, r.body);
+    assert!(r.body.starts_with("hawser: bad request: "), "{what}: not hawser's 400: {:?}", r.body);
+    assert!(r.body.contains(mentions), "{what}: the 400 should mention {mentions:?}: {:?}", r.body);
+    assert_eq!(r.header("connection"), Some("close"), "{what}: {:?}", r.headers);
+    assert!(r.closed, "{what}: hawser kept reading from a client that sent garbage");
+}
+
+/// A backend in the test process, behind a `network_mode: host` container: every request it
+/// gets is answered 200 and its request line kept, so a test can see every path a route's
+/// backend ever received.
+struct Recorder {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recorder on 127.0.0.1");
+        let addr = listener.local_addr().expect("recorder address");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || Recorder::serve(stream, &seen));
+            }
+        });
+        Recorder { addr, lines }
+    }
+
+    fn serve(stream: TcpStream, seen: &Mutex<Vec<String>>) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let Ok(mut out) = stream.try_clone() else { return };
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            // The head; these requests carry no body.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" || line == "\n" {
+                    break;
+                }
+            }
+            seen.lock().unwrap().push(request_line.trim_end().to_string());
+            if out.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: recorder\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The request-targets received so far.
+    fn targets(&self) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().map(|l| l.split(' ').nth(1).unwrap_or("").to_string()).collect()
+    }
+}
+
+/// A free port on 127.0.0.1 (for the host-network container's own, unused, listener).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// How a careless backend resolves a path: `%2F`, `%5C` and `\` are separators, `%2E` a dot,
+/// then dot-segments resolve (the query is left off).
+fn naive_resolve(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or("");
+    let decoded =
+        path.replace("%2F", "/").replace("%2f", "/").replace("%5C", "/").replace("%5c", "/").replace('\\', "/");
+    let decoded = decoded.replace("%2E", ".").replace("%2e", ".");
+    let mut stack: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg.split(';').next().unwrap_or("") {
+            "" | "." => {}
+            ".." => {
+                stack.pop();
+            }
+            s => stack.push(s),
+        }
+    }
+    format!("/{}", stack.join("/"))
+}
+
+/// hawser's 4xx count for requests it answered itself (service "").
+fn unrouted_4xx(h: &Hawser) -> u64 {
+    let r = admin_request(h.admin, "GET", "/metrics", None).expect("admin /metrics");
+    let series = "hawser_requests_total{class=\"4xx\",service=\"\"} ";
+    r.body.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |v| v.trim().parse().unwrap_or(0))
+}
+
+#[test]
+fn dot_segments_never_take_a_request_out_of_its_prefix_route() {
+    let env = TestEnv::new("edge-dots");
+    let root = web(&env, "root", "p.test", "root");
+    let rec = Recorder::start();
+    let port = rec.addr.port().to_string();
+    let unused = free_port().to_string();
+    let _api = env.run(
+        ContainerSpec::new("api")
+            .network("host")
+            .env("BIND", "127.0.0.1")
+            .env("PORTS", &unused)
+            .hawser("enable", "true")
+            .hawser("host", "p.test")
+            .hawser("path", "/api")
+            .hawser("service", "api")
+            .hawser("port", &port),
+    );
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, "p.test", "/", &root, SECS_10);
+    wait_response("/api routed to the recorder", h.addr, "p.test", "/api/ready", SECS_10, |r| {
+        r.backend() == Some("recorder")
+    });
+
+    // Dot-segments, plain or escaped, resolve before routing: these are the root's requests.
+    for target in ["/api/../secret", "/api/%2e%2e/secret", "/api/.%2e/secret", "/api/./../secret", "/api/%2E%2E/%2e%2e/secret"] {
+        let r = get_raw(&h, "p.test", target);
+        assert_eq!((r.code(), r.header("x-backend")), (200, Some(root.name.as_str())), "{target}: {}", r.body);
+    }
+    // What the root's backend got is the normalised path, with the query as sent.
+    let r = get_raw(&h, "p.test", "/api/%2e%2e//headers?x=%2e%2e/y");
+    assert_eq!(r.code(), 200, "{}", r.body);
+    assert!(r.body.starts_with("GET /headers?x=%2e%2e/y HTTP/1.1\n"), "the backend got:\n{}", r.body);
+
+    // Requests that stay under /api reach it normalised.
+    for (target, want) in [
+        ("/api/x/../v1", "/api/v1"),
+        ("/%61pi//v1/./", "/api/v1/"),
+        ("/other/../api/v1?q=..%2F", "/api/v1?q=..%2F"),
+        ("/api/group%2fproject", "/api/group%2Fproject"),
+    ] {
+        let r = get_raw(&h, "p.test", target);
+        assert_eq!((r.code(), r.header("x-backend")), (200, Some("recorder")), "{target}: {}", r.body);
+        let last = rec.targets().pop();
+        assert_eq!(last.as_deref(), Some(want), "{target}");
+    }
+
+    // Dot-segments that only a backend decoding %2F, %5C or '\' would see: 400, and no backend
+    // hears of them.
+    let before = rec.targets().len();
+    let refused_before = unrouted_4xx(&h);
+    for (target, mentions) in [
+        ("/api/..%2Fsecret", "..%2Fsecret"),
+        ("/api/..%2fsecret", "..%2fsecret"),
+        ("/api/..%5Csecret", "..%5Csecret"),
+        ("/api/..\\secret", "..\\\\secret"),
+        ("/api/.%2e%2Fsecret", ".%2e%2Fsecret"),
+        ("/api/..;/secret", "..;"),
+        ("/api/%zz", "%zz"),
+        ("/api/%00", "%00"),
+    ] {
+        assert_bad_request(&get_raw(&h, "p.test", target), target, mentions);
+    }
+    assert_eq!(rec.targets().len(), before, "a refused request reached the /api backend: {:?}", rec.targets());
+    assert_eq!(unrouted_4xx(&h), refused_before + 8, "hawser's 400s are counted as its own answers");
+
+    // Every path the /api backend ever got resolves under /api even to a careless backend.
+    let targets = rec.targets();
+    assert!(targets.len() >= 5, "{targets:?}");
+    for t in &targets {
+        let resolved = naive_resolve(t);
+        assert!(resolved == "/api" || resolved.starts_with("/api/"), "the /api backend got {t:?}, which resolves to {resolved:?}");
+    }
+}
+
+#[test]
+fn hosts_are_parsed_before_routing() {
+    let env = TestEnv::new("edge-hosts");
+    let wild = web(&env, "wild", "*.wild.example", "wild");
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, "x.wild.example", "/", &wild, SECS_10);
+    let count = direct_count(&wild);
+
+    let r = get_raw(&h, "evil.example/x.wild.example", "/");
+    assert_bad_request(&r, "a '/' in Host", "'/'");
+    assert!(r.body.contains("evil.example/x.wild.example"), "the 400 should quote the Host: {}", r.body);
+    assert_bad_request(
+        &raw(&h, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        "HTTP/1.1 without Host",
+        "needs a Host header",
+    );
+    assert_bad_request(&get_raw(&h, "", "/"), "an empty Host", "empty");
+    assert_bad_request(&get_raw(&h, "a.wild.example:99999", "/"), "a port out of range", "99999");
+    assert_bad_request(&get_raw(&h, "a..wild.example", "/"), "an empty label", "empty label");
+    // Two Host headers: refused before hawser's own checks (by pingora), but refused.
+    let r = raw(&h, "GET / HTTP/1.1\r\nHost: a.wild.example\r\nHost: b.wild.example\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.code(), 400, "two Host headers: {} {}", r.status, r.body);
+    assert_eq!(direct_count(&wild), count, "a refused request reached the *.wild.example backend");
+
+    // HTTP/1.0 may name no host: only host-less routes could answer, and there is none. (The
+    // header makes the request longer than the HTTP/2 preface that the h2c detection waits for.)
+    let r = raw(&h, "GET / HTTP/1.0\r\nUser-Agent: edge-paths-test\r\n\r\n");
+    assert_eq!(r.code(), 404, "{}", r.body);
+
+    // Case, port and a trailing dot do not matter; X-Forwarded-Host is the host as routed.
+    let r = get_raw(&h, "A.Wild.Example.:8080", "/headers");
+    assert_eq!(r.code(), 200, "{}", r.body);
+    let head = r.body.to_ascii_lowercase();
+    assert!(head.lines().any(|l| l == "x-forwarded-host: a.wild.example"), "{}", r.body);
+
+    // An absolute-form target: its authority routes, and the backend gets origin-form.
+    let r = raw(&h, "GET http://a.wild.example/headers?q=1 HTTP/1.1\r\nHost: a.wild.example\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.code(), r.header("x-backend")), (200, Some(wild.name.as_str())), "{}", r.body);
+    assert!(r.body.starts_with("GET /headers?q=1 HTTP/1.1\n"), "the backend got:\n{}", r.body);
+    assert_eq!(direct_count(&wild), count + 2);
+}
+
+/// The header lines a `/headers` answer echoes, lower-cased.
+fn echoed(r: &Raw) -> Vec<String> {
+    r.body.lines().skip(1).map(str::to_ascii_lowercase).collect()
+}
+
+const CLAIMS: &str = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n\
+                      X-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Prefix: /admin\r\n";
+
+#[test]
+fn forwarding_headers_from_an_untrusted_client_are_replaced() {
+    let env = TestEnv::new("edge-xff");
+    let c = web(&env, "echo", "fwd.test", "fwd");
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, "fwd.test", "/", &c, SECS_10);
+    let r = raw(&h, &format!("GET /headers HTTP/1.1\r\nHost: fwd.test\r\n{CLAIMS}Connection: close\r\n\r\n"));
+    assert_eq!(r.code(), 200, "{}", r.body);
+    let lines = echoed(&r);
+    let port = h.addr.port().to_string();
+    for want in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: fwd.test",
+        &format!("x-forwarded-port: {port}"),
+    ] {
+        assert_eq!(lines.iter().filter(|l| *l == want).count(), 1, "{want:?} once in what the backend got:\n{}", r.body);
+    }
+    for claim in ["6.6.6.6", "evil.test", "forwarded:", "x-forwarded-prefix", "https"] {
+        assert!(!lines.iter().any(|l| l.contains(claim)), "the client's {claim:?} reached the backend:\n{}", r.body);
+    }
+}
+
+#[test]
+fn a_trusted_proxy_is_appended_to() {
+    let env = TestEnv::new("edge-xff-trusted");
+    let c = web(&env, "echo", "fwd.test", "fwd");
+    let config = format!("{}clients:\n  trusted_proxies: [\"127.0.0.1/32\"]\n", env.default_config());
+    let h = env.hawser(&config);
+    env.wait_routed(&h, "fwd.test", "/", &c, SECS_10);
+    let r = raw(&h, &format!("GET /headers HTTP/1.1\r\nHost: fwd.test\r\n{CLAIMS}Connection: close\r\n\r\n"));
+    assert_eq!(r.code(), 200, "{}", r.body);
+    let lines = echoed(&r);
+    let port = h.addr.port().to_string();
+    for want in [
+        "x-forwarded-for: 6.6.6.6, 127.0.0.1",
+        "x-real-ip: 6.6.6.6",
+        "x-forwarded-proto: https",
+        "x-forwarded-host: evil.test",
+        "x-forwarded-prefix: /admin",
+        "forwarded: for=6.6.6.6;proto=https",
+        &format!("x-forwarded-port: {port}"),
+    ] {
+        assert_eq!(lines.iter().filter(|l| *l == want).count(), 1, "{want:?} once in what the backend got:\n{}", r.body);
+    }
+}
