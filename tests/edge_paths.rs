@@ -4,11 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
+use common::recorder::{Recorder, careless_resolution};
 use common::*;
 
 /// One raw request on a fresh connection: the status line, the headers (names lower-cased),
@@ -52,87 +48,6 @@ fn assert_bad_request(r: &Raw, what: &str, mentions: &str) {
     assert!(r.closed, "{what}: hawser kept reading from a client that sent garbage");
 }
 
-/// A backend in the test process, behind a `network_mode: host` container: every request it
-/// gets is answered 200 and its request line kept, so a test can see every path a route's
-/// backend ever received.
-struct Recorder {
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recorder on 127.0.0.1");
-        let addr = listener.local_addr().expect("recorder address");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = Arc::clone(&seen);
-                std::thread::spawn(move || Recorder::serve(stream, &seen));
-            }
-        });
-        Recorder { addr, lines }
-    }
-
-    fn serve(stream: TcpStream, seen: &Mutex<Vec<String>>) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let Ok(mut out) = stream.try_clone() else { return };
-        let mut reader = BufReader::new(stream);
-        loop {
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                return;
-            }
-            // The head; these requests carry no body.
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line == "\r\n" || line == "\n" {
-                    break;
-                }
-            }
-            seen.lock().unwrap().push(request_line.trim_end().to_string());
-            if out.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: recorder\r\nContent-Length: 2\r\n\r\nok").is_err() {
-                return;
-            }
-        }
-    }
-
-    /// The request-targets received so far.
-    fn targets(&self) -> Vec<String> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().map(|l| l.split(' ').nth(1).unwrap_or("").to_string()).collect()
-    }
-}
-
-/// A free port on 127.0.0.1 (for the host-network container's own, unused, listener).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
-}
-
-/// How a careless backend resolves a path: `%2F`, `%5C` and `\` are separators, `%2E` a dot,
-/// then dot-segments resolve (the query is left off).
-fn naive_resolve(target: &str) -> String {
-    let path = target.split('?').next().unwrap_or("");
-    let decoded =
-        path.replace("%2F", "/").replace("%2f", "/").replace("%5C", "/").replace("%5c", "/").replace('\\', "/");
-    let decoded = decoded.replace("%2E", ".").replace("%2e", ".");
-    let mut stack: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg.split(';').next().unwrap_or("") {
-            "" | "." => {}
-            ".." => {
-                stack.pop();
-            }
-            s => stack.push(s),
-        }
-    }
-    format!("/{}", stack.join("/"))
-}
-
 /// hawser's 4xx count for requests it answered itself (service "").
 fn unrouted_4xx(h: &Hawser) -> u64 {
     let r = admin_request(h.admin, "GET", "/metrics", None).expect("admin /metrics");
@@ -144,8 +59,8 @@ fn unrouted_4xx(h: &Hawser) -> u64 {
 fn dot_segments_never_take_a_request_out_of_its_prefix_route() {
     let env = TestEnv::new("edge-dots");
     let root = web(&env, "root", "p.test", "root");
-    let rec = Recorder::start();
-    let port = rec.addr.port().to_string();
+    let rec = Recorder::start("recorder");
+    let port = rec.port().to_string();
     let unused = free_port().to_string();
     let _api = env.run(
         ContainerSpec::new("api")
@@ -210,7 +125,7 @@ fn dot_segments_never_take_a_request_out_of_its_prefix_route() {
     let targets = rec.targets();
     assert!(targets.len() >= 5, "{targets:?}");
     for t in &targets {
-        let resolved = naive_resolve(t);
+        let resolved = careless_resolution(t);
         assert!(resolved == "/api" || resolved.starts_with("/api/"), "the /api backend got {t:?}, which resolves to {resolved:?}");
     }
 }

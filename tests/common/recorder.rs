@@ -4,7 +4,8 @@
 //! past hawser shows up as one more recorded request, and anything a strict parser cannot
 //! read one way only is recorded as a violation.
 //!
-//! Answers `200` with `X-Recorder: NAME` and the body `NAME PATH`. Keeps connections alive.
+//! Answers `200` with `X-Recorder: NAME` (and `X-Backend: NAME`, as the test backend does) and
+//! the body `NAME PATH`. Keeps connections alive.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,28 @@ impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+}
+
+/// Where `target` leads on the most careless backend: one that also decodes `%2F`, `%5C` and
+/// `%2E`, treats `\` as `/` and cuts `;params` (Tomcat, Jetty) before it resolves
+/// dot-segments (RFC 3986 §5.2.4). The query is left off.
+pub fn careless_resolution(target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let mut decoded = path.to_string();
+    for (from, to) in [("%2F", "/"), ("%2f", "/"), ("%5C", "/"), ("%5c", "/"), ("\\", "/"), ("%2E", "."), ("%2e", ".")] {
+        decoded = decoded.replace(from, to);
+    }
+    let mut stack: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg.split(';').next().unwrap_or("") {
+            "" | "." => {}
+            ".." => {
+                stack.pop();
+            }
+            s => stack.push(s),
+        }
+    }
+    format!("/{}", stack.join("/"))
 }
 
 #[derive(Default)]
@@ -73,6 +96,11 @@ impl Recorder {
         self.requests().into_iter().filter(|r| r.target != "/healthz").collect()
     }
 
+    /// The request-targets of [`Recorder::app_requests`], in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.app_requests().into_iter().map(|r| r.target).collect()
+    }
+
     pub fn violations(&self) -> Vec<String> {
         self.log.lock().unwrap().violations.clone()
     }
@@ -97,7 +125,7 @@ fn serve(conn: TcpStream, name: &str, log: &Mutex<Log>) {
                 let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
                 log.lock().unwrap().requests.push(req);
                 let resp = format!(
-                    "HTTP/1.1 200 OK\r\nX-Recorder: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nX-Recorder: {name}\r\nX-Backend: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 if writer.write_all(resp.as_bytes()).is_err() || close {
