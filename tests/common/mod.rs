@@ -1530,7 +1530,8 @@ pub fn build_image(tag: &str, context: &Path, dockerfile: &str) {
 }
 
 /// One request to hawser's admin API at `admin` (e.g. [`Hawser::admin`]): `method` `path`,
-/// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`.
+/// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`, and the
+/// address as `Host` (as curl sends it; the admin API refuses foreign hosts without a token).
 pub fn admin_request(
     admin: SocketAddr,
     method: &str,
@@ -1542,7 +1543,7 @@ pub fn admin_request(
     if let Some(a) = &auth {
         headers.push(("Authorization", a));
     }
-    http(admin, method, "hawser-admin.test", path, &headers, b"")
+    http(admin, method, &admin.to_string(), path, &headers, b"")
 }
 
 /// A directory under [`tmp_dir`] that is removed on drop (also while panicking).
