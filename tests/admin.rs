@@ -103,13 +103,6 @@ fn conf(h: &Hawser) -> &str {
     h.config_path.to_str().expect("config path is UTF-8")
 }
 
-/// The value of the series `series` (name and labels exactly as exposed) in metrics `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("series {series} has value {v:?}")))
-}
-
 /// A loopback port nobody listens on (a moment ago).
 fn unused_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()

@@ -1546,6 +1546,14 @@ pub fn admin_request(
     http(admin, method, &admin.to_string(), path, &headers, b"")
 }
 
+/// The value of the series `series` (name and labels exactly as exposed, e.g.
+/// `hawser_retries_total{service="api"}`) in the metrics text `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("series {series} has value {v:?}")))
+}
+
 /// A directory under [`tmp_dir`] that is removed on drop (also while panicking).
 pub struct TempDir(pub PathBuf);
 
