@@ -4,7 +4,8 @@
 //! [`docker`] (events, inspect) → [`catalog`] (pure: containers × config → services, routes,
 //! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
 //! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`), whose evidence
-//! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime.
+//! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime;
+//! [`streams`] says which requests are long-lived and what their end means.
 //! [`admin`] shows all of it (verdicts, states, [`metrics`]) and takes manual drains;
 //! [`access_log`] writes a line per request.
 //! [`config`] reads the YAML file into the model all of them use.
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod passive;
 pub mod proxy;
 pub mod runtime;
+pub mod streams;

@@ -8,7 +8,9 @@
 //! - a failure before the request reached the upstream (connect refused or timed out, or a
 //!   reused pooled connection found closed) is retried for every method;
 //! - a failure after the request was sent is retried only for idempotent methods;
-//! - at most `retries` per request, and only while the service's retry budget allows.
+//! - at most `retries` per request, and only while the service's retry budget allows;
+//! - never when a long-lived exchange (WebSocket, server-sent events) ends in its idle
+//!   timeout, which is not a backend failure either (see [`crate::streams`]).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::edge::path::normalize;
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
+use crate::streams::{self, LongLived};
 
 /// Bound on candidates looked at per selection: enough to walk past every disabled entry of a
 /// weighted service (weights are capped at 1000, services are small).
@@ -79,6 +82,8 @@ pub struct RequestCtx {
     /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
     /// target was already that.
     upstream_target: Option<String>,
+    /// Set for WebSocket and server-sent events: `stream_idle_timeout` applies.
+    long_lived: Option<LongLived>,
 }
 
 impl HawserProxy {
@@ -125,6 +130,7 @@ impl ProxyHttp for HawserProxy {
             refused: None,
             body_bytes: 0,
             upstream_target: None,
+            long_lived: None,
         }
     }
 
@@ -159,8 +165,15 @@ impl ProxyHttp for HawserProxy {
             Some(svc) => {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
-                ctx.service = Some(svc);
+                ctx.long_lived = streams::classify(req);
                 ctx.upstream_target = target.upstream_target(req);
+                if ctx.long_lived.is_some() {
+                    // The client side of an upgraded connection is read with the session's
+                    // read timeout, clients.body_timeout from early_request_filter: a quiet
+                    // WebSocket client would be cut.
+                    session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
+                }
+                ctx.service = Some(svc);
                 Ok(false)
             }
             None => {
@@ -189,7 +202,8 @@ impl ProxyHttp for HawserProxy {
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
-        peer.options.read_timeout = Some(svc.proxy.read_timeout);
+        peer.options.read_timeout =
+            Some(if ctx.long_lived.is_some() { svc.proxy.stream_idle_timeout } else { svc.proxy.read_timeout });
         Ok(Box::new(peer))
     }
 
@@ -270,11 +284,12 @@ impl ProxyHttp for HawserProxy {
         Ok(())
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         // hawser's own 502/503 answers are decisions, not faults; they are logged where made.
         // A client that hangs up before its answer (a load generator stopping, a browser
-        // navigating away) is the client's choice, not an error of hawser's.
-        matches!(e.etype(), ErrorType::HTTPStatus(_)) || client_went_away(e)
+        // navigating away) is the client's choice, not an error of hawser's; so is the idle
+        // end of a WebSocket or an event stream.
+        matches!(e.etype(), ErrorType::HTTPStatus(_)) || client_went_away(e) || (ctx.long_lived.is_some() && streams::idle_end(e))
     }
 
     /// The upstream's answer: a gateway error (502/503/504) extends the backend's failure run,
@@ -306,6 +321,11 @@ impl ProxyHttp for HawserProxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if *e.esource() != ErrorSource::Upstream {
             // The client went away or sent garbage: nothing to retry, nothing against the backend.
+            e.set_retry(false);
+            return e;
+        }
+        if ctx.long_lived.is_some() && streams::idle_end(&e) {
+            // Nothing moved for stream_idle_timeout: the stream's end, not the backend's fault.
             e.set_retry(false);
             return e;
         }
@@ -398,7 +418,11 @@ impl ProxyHttp for HawserProxy {
         // from the connection closing before the promised length. Writing hawser's own answer
         // now would splice it into the backend's body.
         if session.response_written().is_some() {
-            warn!("service {service}: response broken off after it started: {e}");
+            if ctx.long_lived.is_some() && streams::idle_end(e) {
+                debug!("service {service}: long-lived exchange ended after stream_idle_timeout: {e}");
+            } else {
+                warn!("service {service}: response broken off after it started: {e}");
+            }
             return FailToProxy { error_code: code, can_reuse_downstream: false };
         }
         let result = match code {

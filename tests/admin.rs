@@ -7,6 +7,8 @@
 //! - `/metrics` moves with real traffic;
 //! - `admin.token` guards every endpoint but `/healthz`, and a non-loopback `admin.listen`
 //!   without a token is refused before anything listens;
+//! - without a token, a foreign `Host` (DNS rebinding) is refused, and so is, token or not, a
+//!   POST that a browser sent from another origin, while curl's POST works;
 //! - `access_log: json` and `access_log: text` write a line per request on stdout.
 //!
 //! Everything waits by polling with a deadline; failure messages carry hawser's log.
@@ -28,13 +30,13 @@ use serde_json::Value;
 fn admin_get(h: &Hawser, path: &str, token: Option<&str>) -> Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    http(h.admin, "GET", "admin.test", path, &headers, b"")
+    http(h.admin, "GET", &h.admin.to_string(), path, &headers, b"")
         .unwrap_or_else(|e| panic!("GET {path} on the admin API {}: {e}\nhawser log:\n{}", h.admin, h.log()))
 }
 
-/// `POST path` on the admin API (no token).
+/// `POST path` on the admin API (no token), as curl sends it: `Host` is the admin address.
 fn admin_post(h: &Hawser, path: &str) -> Response {
-    http(h.admin, "POST", "admin.test", path, &[], b"")
+    http(h.admin, "POST", &h.admin.to_string(), path, &[], b"")
         .unwrap_or_else(|e| panic!("POST {path} on the admin API {}: {e}\nhawser log:\n{}", h.admin, h.log()))
 }
 
@@ -99,13 +101,6 @@ fn explain(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
 
 fn conf(h: &Hawser) -> &str {
     h.config_path.to_str().expect("config path is UTF-8")
-}
-
-/// The value of the series `series` (name and labels exactly as exposed) in metrics `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("series {series} has value {v:?}")))
 }
 
 /// A loopback port nobody listens on (a moment ago).
@@ -368,6 +363,20 @@ fn token_guards_every_endpoint_but_healthz() {
     }
     let r = admin_post(&h, &format!("/api/backends/{}/drain", c.name));
     assert_eq!(r.status, 401, "drain without a token: {}", r.body);
+    // With a token any Host goes (the token is what a rebinding page lacks), but a cross-site
+    // POST is still refused, token or not.
+    let r = http(h.admin, "GET", "hawser.internal.example", "/api/services", &[("Authorization", "Bearer t0k3n")], b"").unwrap();
+    assert_eq!(r.status, 200, "a foreign Host with the token: {}", r.body);
+    let r = http(
+        h.admin,
+        "POST",
+        &h.admin.to_string(),
+        &format!("/api/backends/{}/drain", c.name),
+        &[("Authorization", "Bearer t0k3n"), ("Origin", "http://evil.example")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "a cross-site drain with the token: {}", r.body);
 
     let r = admin_get(&h, "/healthz", None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -424,7 +433,80 @@ fn a_public_admin_address_needs_a_token() {
 }
 
 // ---------------------------------------------------------------------------
-// 5. access log
+// 5. what browsers send for other sites: DNS rebinding and cross-site POSTs
+// ---------------------------------------------------------------------------
+
+/// A request on the admin API with its own `Host` and extra headers.
+fn admin_raw(h: &Hawser, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    http(h.admin, method, host, path, headers, b"")
+        .unwrap_or_else(|e| panic!("{method} {path} (Host {host}) on the admin API {}: {e}\nhawser log:\n{}", h.admin, h.log()))
+}
+
+#[test]
+fn browsers_on_other_sites_can_neither_read_nor_drain() {
+    let env = TestEnv::new("admin-browsers");
+    let svc = "guarded";
+    let c = web(&env, "g", "guard.test", svc);
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, "guard.test", "/", &c, SECS_10);
+    let own = h.admin.to_string();
+    let port = h.admin.port();
+
+    // DNS rebinding: the browser connected to 127.0.0.1 but says the attacker's name.
+    for path in ["/api/services", "/api/containers", "/metrics", "/", "/healthz"] {
+        for host in [format!("evil.example:{port}"), "evil.example".to_string(), format!("evil.localhost:{port}")] {
+            let r = admin_raw(&h, "GET", &host, path, &[]);
+            assert_eq!(r.status, 403, "GET {path} with Host {host}: {}", r.body);
+            assert!(r.body.contains("DNS rebinding"), "{}", r.body);
+            assert!(!r.body.contains(&c.name), "a refusal must not leak: {}", r.body);
+        }
+    }
+    // A foreign absolute-form target names a foreign host too, even without a Host header.
+    let req = format!("GET http://evil.example:{port}/api/services HTTP/1.0\r\n\r\n");
+    let (bytes, _) = http_raw(h.admin, req.as_bytes(), SECS_5);
+    let (status, _, _) = split_raw(&bytes).unwrap_or_else(|| panic!("no answer to an absolute-form target: {bytes:?}"));
+    assert!(status.contains(" 403 "), "absolute-form target: {status}");
+    // Loopback names and the address itself, with or without a port.
+    for host in [own.clone(), "127.0.0.1".to_string(), format!("localhost:{port}"), "localhost".to_string()] {
+        let r = admin_raw(&h, "GET", &host, "/api/services", &[]);
+        assert_eq!(r.status, 200, "GET /api/services with Host {host}: {}", r.body);
+    }
+    // HTTP/1.0 without Host, from loopback: served.
+    let (bytes, _) = http_raw(h.admin, b"GET /healthz HTTP/1.0\r\n\r\n", SECS_5);
+    let (status, _, body) = split_raw(&bytes).unwrap_or_else(|| panic!("no answer to HTTP/1.0 without Host: {bytes:?}"));
+    assert!(status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200"), "{status} {}", String::from_utf8_lossy(&body));
+
+    // Cross-site POSTs: refused, and nothing changed.
+    let drain = format!("/api/backends/{}/drain", c.name);
+    let evil = format!("http://evil.example:{port}");
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1));
+    for headers in [
+        vec![("Origin", evil.as_str())],
+        vec![("Origin", "null")],
+        vec![("Origin", other_port.as_str())],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Sec-Fetch-Site", "same-site")],
+        vec![("Origin", evil.as_str()), ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "no-cors")],
+    ] {
+        let r = admin_raw(&h, "POST", &own, &drain, &headers);
+        assert_eq!(r.status, 403, "POST drain with {headers:?}: {}", r.body);
+        assert!(r.body.contains("cross-site request forgery"), "{}", r.body);
+    }
+    assert_eq!(backend_view(&h, svc, &c.name).expect("backend listed")["state"], "ready", "a refused drain changed nothing");
+
+    // The same POST as curl sends it (neither header) works; so does a same-origin one.
+    let r = admin_post(&h, &drain);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_backend_state(&h, svc, &c.name, "draining");
+    let same_origin = format!("http://{own}");
+    let undrain = format!("/api/backends/{}/undrain", c.name);
+    let r = admin_raw(&h, "POST", &own, &undrain, &[("Origin", &same_origin), ("Sec-Fetch-Site", "same-origin")]);
+    assert_eq!(r.status, 200, "same-origin POST: {}", r.body);
+    wait_backend_state(&h, svc, &c.name, "ready");
+}
+
+// ---------------------------------------------------------------------------
+// 6. access log
 // ---------------------------------------------------------------------------
 
 /// A hawser with `access_log: <format>` in front of one backend, after `n` requests to

@@ -8,9 +8,14 @@
 //! the "Containers not routed" table with each reason, and the Docker stream's state. It also
 //! takes a screenshot (`--screenshot`), checks that the PNG is non-trivial and prints its path.
 //!
-//! chromium is a test dependency: `.ci/run` installs it; without it the test fails and says
+//! A second test opens, in the same browser, a page of another origin (another port on
+//! 127.0.0.1, served by the test itself) whose script POSTs a drain to the admin API the way
+//! any web page can (`fetch(…, {method: 'POST', mode: 'no-cors'})`): the request reaches
+//! hawser, and the backend stays `ready`.
+//!
+//! chromium is a test dependency: `.ci/run` installs it; without it the tests fail and say
 //! so. It runs with a throwaway profile, no proxy and no background networking, and only
-//! ever loads the admin address on 127.0.0.1.
+//! ever loads the admin address and the test's own page on 127.0.0.1.
 
 mod common;
 
@@ -51,69 +56,99 @@ fn require_chromium() -> String {
     }
 }
 
-/// Runs headless chromium on `url` with `args` and a fresh profile under `work`; returns its
-/// stdout. Kills chromium's whole process group if it takes longer than
-/// [`CHROMIUM_TIMEOUT`], and panics with its stderr on a timeout or a failure.
-fn chromium(work: &Path, what: &str, args: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let profile = work.join(format!("profile-{what}"));
-    let out_path = work.join(format!("{what}.stdout"));
-    let err_path = work.join(format!("{what}.stderr"));
-    let out = std::fs::File::create(&out_path).expect("create chromium stdout file");
-    let err = std::fs::File::create(&err_path).expect("create chromium stderr file");
-    let mut cmd = Command::new("chromium");
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        // Nothing but the admin address on loopback: no proxy, no update or sync traffic.
-        "--no-proxy-server",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args)
-    .arg(url)
-    .stdin(Stdio::null())
-    .stdout(out)
-    .stderr(err)
-    // Its own process group, so that a hung browser is killed with its children.
-    .process_group(0);
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn chromium: {e}"));
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for chromium") {
-            break s;
-        }
-        if start.elapsed() >= CHROMIUM_TIMEOUT {
-            unsafe {
-                kill(-(child.id() as i32), 9);
+/// A headless chromium on `url` with `args` and a fresh profile under `work`, in its own
+/// process group; its stdout and stderr go to files under `work`.
+struct Chromium {
+    child: std::process::Child,
+    what: String,
+    out_path: std::path::PathBuf,
+    err_path: std::path::PathBuf,
+    started: Instant,
+}
+
+impl Chromium {
+    fn spawn(work: &Path, what: &str, args: &[String], url: &str) -> Chromium {
+        use std::os::unix::process::CommandExt;
+        let profile = work.join(format!("profile-{what}"));
+        let out_path = work.join(format!("{what}.stdout"));
+        let err_path = work.join(format!("{what}.stderr"));
+        let out = std::fs::File::create(&out_path).expect("create chromium stdout file");
+        let err = std::fs::File::create(&err_path).expect("create chromium stderr file");
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            // Nothing but the test's own loopback addresses: no proxy, no update or sync traffic.
+            "--no-proxy-server",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-default-apps",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group, so that a hung browser is killed with its children.
+        .process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn chromium: {e}"));
+        Chromium { child, what: what.to_string(), out_path, err_path, started: Instant::now() }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for chromium")
+    }
+
+    /// Waits for it to exit (at most [`CHROMIUM_TIMEOUT`]) and returns its stdout; panics with
+    /// its stderr on a timeout or a failure.
+    fn finish(mut self) -> String {
+        let status = loop {
+            if let Some(s) = self.exited() {
+                break s;
             }
-            let _ = child.wait();
-            panic!(
-                "chromium ({what}) did not finish within {CHROMIUM_TIMEOUT:?}; killed. stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
+            if self.started.elapsed() >= CHROMIUM_TIMEOUT {
+                panic!("chromium ({}) did not finish within {CHROMIUM_TIMEOUT:?}; killed. stderr:\n{}", self.what, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "chromium ({}) failed ({status}) after {:?}. stderr:\n{}",
+            self.what,
+            self.started.elapsed(),
+            self.stderr()
+        );
+        eprintln!("chromium ({}) took {:?}", self.what, self.started.elapsed());
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            unsafe {
+                kill(-(self.child.id() as i32), 9);
+            }
+            let _ = self.child.wait();
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    assert!(
-        status.success(),
-        "chromium ({what}) failed ({status}) after {:?}. stderr:\n{}",
-        start.elapsed(),
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
-    eprintln!("chromium ({what}) took {:?}", start.elapsed());
-    stdout
+    }
+}
+
+/// Runs headless chromium on `url` with `args` until it exits; returns its stdout.
+fn chromium(work: &Path, what: &str, args: &[String], url: &str) -> String {
+    Chromium::spawn(work, what, args, url).finish()
 }
 
 /// The visible text of an HTML fragment: tags dropped, the usual entities decoded,
@@ -388,4 +423,126 @@ fn status_page_in_a_real_browser_shows_states_and_reasons() {
         meta.len(),
         t0.elapsed()
     );
+}
+
+/// A web site of another origin than the admin API (another port on 127.0.0.1), served from
+/// the test process: `/attack` is a page whose script POSTs a drain to the admin API the way
+/// any page can (`mode: 'no-cors'`, no preflight), then reports how the fetch ended by
+/// loading `/done?OUTCOME` from this site. Stops when dropped.
+struct AttackSite {
+    addr: std::net::SocketAddr,
+    outcome: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AttackSite {
+    fn start(admin: std::net::SocketAddr, backend: &str) -> AttackSite {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the attack site on 127.0.0.1");
+        let addr = listener.local_addr().expect("attack site address");
+        let page = format!(
+            "<!doctype html><title>attack</title><script>\n\
+             fetch('http://{admin}/api/backends/{backend}/drain', {{method: 'POST', mode: 'no-cors'}})\n\
+               .then(r => 'delivered-' + r.type, e => 'failed-' + e)\n\
+               .then(outcome => {{ document.title = outcome; new Image().src = '/done?' + encodeURIComponent(outcome); }});\n\
+             </script>\n"
+        );
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (outcome2, stop2) = (outcome.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(SECS_5));
+                let mut reader = BufReader::new(conn);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // The rest of the head; no request here has a body.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let target = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                let (status, body) = if target == "/attack" {
+                    ("200 OK", page.clone())
+                } else if let Some(q) = target.strip_prefix("/done?") {
+                    *outcome2.lock().unwrap() = Some(q.to_string());
+                    ("204 No Content", String::new())
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let mut conn = reader.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        AttackSite { addr, outcome, stop, thread: Some(thread) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// What the page reported about its fetch, once it has.
+    fn outcome(&self) -> Option<String> {
+        self.outcome.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AttackSite {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A page of another origin, in a real browser, POSTs a drain to the admin API (no token):
+/// the request reaches hawser (the fetch resolves with an opaque response, so an HTTP answer
+/// came back), and the backend stays `ready`. Without the admin guard this drains it.
+#[test]
+fn a_page_of_another_origin_cannot_drain_through_the_browser() {
+    let version = require_chromium();
+    eprintln!("using {version}");
+    let env = TestEnv::new("status-page-csrf");
+    let work = TempDir::new("status-page-csrf-chromium");
+    let (host, service) = ("csrf.test", "csrf");
+    let target = web(&env, "target", host, service);
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, host, "/", &target, SECS_10);
+    assert_eq!(backend_state(&h, service, &target.name).as_deref(), Some("ready"));
+
+    let site = AttackSite::start(h.admin, &target.name);
+    let mut browser = Chromium::spawn(work.0.as_path(), "csrf", &[], &site.url("/attack"));
+    let outcome = wait_until("the attack page to report its drain attempt", CHROMIUM_TIMEOUT, || {
+        if let Some(status) = browser.exited() {
+            panic!("chromium exited ({status}) before the page reported; stderr:\n{}", browser.stderr());
+        }
+        site.outcome()
+    });
+    drop(browser);
+    assert_eq!(outcome, "delivered-opaque", "the cross-origin POST should have reached the admin API and got an answer");
+    assert_eq!(
+        backend_state(&h, service, &target.name).as_deref(),
+        Some("ready"),
+        "a page of another origin ({}) drained {} through the browser\nhawser log:\n{}",
+        site.url("/"),
+        target.name,
+        h.log()
+    );
+    // It is still routed: requests reach it.
+    assert_only(&h, host, 3, &target, "after the refused cross-origin drain");
 }

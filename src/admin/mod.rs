@@ -10,8 +10,10 @@
 //! | `POST /api/backends/{container}/drain`, `…/undrain` | manual drain (id, short id or name) |
 //!
 //! With `admin.token` set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`;
-//! the configuration refuses a non-loopback `admin.listen` without one.
+//! the configuration refuses a non-loopback `admin.listen` without one. Before that, [`guard`]
+//! refuses what browsers send on behalf of other sites (DNS rebinding, cross-site POSTs): 403.
 
+pub mod guard;
 pub mod page;
 
 use std::sync::Arc;
@@ -23,17 +25,25 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::config::AdminConfig;
+use guard::{Facts, Guard};
 use crate::metrics::metrics;
 use crate::runtime::{DrainError, Runtime};
 
 pub struct AdminApi {
     runtime: Arc<Runtime>,
     token: Option<String>,
+    guard: Guard,
+    listen: std::net::SocketAddr,
 }
 
 impl AdminApi {
     pub fn new(runtime: Arc<Runtime>, config: &AdminConfig) -> AdminApi {
-        AdminApi { runtime, token: config.token.clone() }
+        AdminApi {
+            runtime,
+            token: config.token.clone(),
+            guard: Guard::new(config.listen, config.token.is_some()),
+            listen: config.listen,
+        }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -51,6 +61,10 @@ impl AdminApi {
 
     /// The answer to one request: status, content type, body.
     fn answer(&self, method: &Method, path: &str, session: &ServerSession) -> (StatusCode, &'static str, Vec<u8>) {
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Err(refusal) = self.guard.check(&Facts::of(session.req_header(), peer)) {
+            return (StatusCode::FORBIDDEN, "text/plain; charset=utf-8", refusal.message(self.listen).into_bytes());
+        }
         if path != "/healthz" && !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "hawser admin: missing or wrong `Authorization: Bearer <token>`\n");
         }

@@ -1532,7 +1532,8 @@ pub fn build_image(tag: &str, context: &Path, dockerfile: &str) {
 }
 
 /// One request to hawser's admin API at `admin` (e.g. [`Hawser::admin`]): `method` `path`,
-/// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`.
+/// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`, and the
+/// address as `Host` (as curl sends it; the admin API refuses foreign hosts without a token).
 pub fn admin_request(
     admin: SocketAddr,
     method: &str,
@@ -1544,7 +1545,15 @@ pub fn admin_request(
     if let Some(a) = &auth {
         headers.push(("Authorization", a));
     }
-    http(admin, method, "hawser-admin.test", path, &headers, b"")
+    http(admin, method, &admin.to_string(), path, &headers, b"")
+}
+
+/// The value of the series `series` (name and labels exactly as exposed, e.g.
+/// `hawser_retries_total{service="api"}`) in the metrics text `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("series {series} has value {v:?}")))
 }
 
 /// A directory under [`tmp_dir`] that is removed on drop (also while panicking).

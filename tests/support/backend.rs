@@ -47,6 +47,15 @@
 //!                  body NAME; `?status=NNN` (200..=599) for another status.
 //!                  /healthz is not affected (only /_ctl/unhealthy changes it)
 //! /_ctl/ok         revert /_ctl/fail
+//! /sse?gap_ms=N&events=K
+//!                  server-sent events: 200 with `Content-Type: text/event-stream`,
+//!                  chunked (unframed and closed for HTTP/1.0); the head is sent at once,
+//!                  then K times (default 1): wait N ms (default 0), send the chunk
+//!                  `data: I\n\n` (I from 0); then the last chunk
+//! /upgrade         with an `Upgrade` header: `101 Switching Protocols` (same Upgrade
+//!                  value), then every byte received is echoed back until the client
+//!                  closes; no WebSocket framing. `?echo=0`: read and discard instead
+//!                  (a backend that never speaks). Without `Upgrade`: 400
 //! anything else    200, body = NAME
 //! ```
 //!
@@ -373,6 +382,8 @@ enum Route {
     SetFail(u16),
     /// /_ctl/fail with a status outside 200..=599.
     BadFail,
+    Sse { gap_ms: u64, events: u64 },
+    Upgrade { echo: bool },
 }
 
 /// The value of `key=` in a query string.
@@ -415,6 +426,11 @@ fn route(target: &[u8]) -> Route {
             },
         },
         b"/hangup" => Route::Hangup,
+        b"/upgrade" => Route::Upgrade { echo: query_param(query, b"echo") != Some(b"0") },
+        b"/sse" => Route::Sse {
+            gap_ms: query_param(query, b"gap_ms").and_then(parse_dec).unwrap_or(0),
+            events: query_param(query, b"events").and_then(parse_dec).unwrap_or(1),
+        },
         b"/partial" => Route::Partial,
         b"/slow" => {
             let ms = query_param(query, b"ms").and_then(parse_dec).unwrap_or(0);
@@ -575,6 +591,7 @@ fn serve_requests(
         let mut keep_alive = !http10;
         let mut explicit_keep_alive = false;
         let mut expect_continue = false;
+        let mut upgrade: Option<Vec<u8>> = None;
         let mut head_bytes = le - ls;
         loop {
             let (s, e) = match conn.line() {
@@ -629,6 +646,8 @@ fn serve_requests(
                 }
             } else if key.eq_ignore_ascii_case(b"expect") {
                 expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            } else if key.eq_ignore_ascii_case(b"upgrade") && !value.is_empty() {
+                upgrade = Some(value.to_vec());
             }
         }
 
@@ -688,6 +707,66 @@ fn serve_requests(
                 conn.s.flush()?;
                 return Ok(());
             }
+            Route::Sse { gap_ms, events } => {
+                out.clear();
+                let framing = if http10 { "Connection: close\r\n" } else { "Transfer-Encoding: chunked\r\n" };
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n{framing}\r\n"
+                );
+                conn.s.write_all(out)?;
+                if head_only {
+                    if http10 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                for i in 0..events {
+                    thread::sleep(Duration::from_millis(gap_ms));
+                    let event = format!("data: {i}\n\n");
+                    out.clear();
+                    if http10 {
+                        out.extend_from_slice(event.as_bytes());
+                    } else {
+                        let _ = write!(out, "{:x}\r\n{event}\r\n", event.len());
+                    }
+                    conn.s.write_all(out)?;
+                }
+                if http10 {
+                    return Ok(());
+                }
+                conn.s.write_all(b"0\r\n\r\n")?;
+                if !keep_alive {
+                    return Ok(());
+                }
+                continue;
+            }
+            Route::Upgrade { echo } => {
+                let Some(protocol) = upgrade else {
+                    write_response(out, name, 400, b"/upgrade needs an Upgrade header\n", head_only, Some(false));
+                    conn.s.write_all(out)?;
+                    return Ok(());
+                };
+                out.clear();
+                let _ = write!(out, "HTTP/1.1 101 Switching Protocols\r\nX-Backend: {name}\r\nConnection: Upgrade\r\nUpgrade: ");
+                out.extend_from_slice(&protocol);
+                out.extend_from_slice(b"\r\n\r\n");
+                // Bytes the client sent right behind its head are the tunnel's first.
+                if echo {
+                    out.extend_from_slice(conn.buffered());
+                }
+                conn.s.write_all(out)?;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match conn.s.read(&mut buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) if echo => conn.s.write_all(&buf[..n])?,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             _ => {}
         }
         let mut num = [0u8; 20];
@@ -732,7 +811,7 @@ fn serve_requests(
                 (200, if c == 0 { &b"ok"[..] } else { &b"failing"[..] })
             }
             // Answered above.
-            Route::Hangup | Route::Partial => unreachable!(),
+            Route::Hangup | Route::Partial | Route::Sse { .. } | Route::Upgrade { .. } => unreachable!(),
         };
         write_response(out, name, code, body, head_only, conn_header);
         conn.s.write_all(out)?;
