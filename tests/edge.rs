@@ -471,3 +471,15 @@ fn out_of_descriptors_the_open_connections_are_still_served() {
         r.status == 200
     });
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
+    let e = edge("edge-h2-idle", "");
+    let mut s = TcpStream::connect(e.h.addr).unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0):
+    // a client that connects with prior knowledge and then opens no stream.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    let took = time_to_close(&mut s, Duration::from_secs(8));
+    // keepalive_timeout is 1 s here; the 60 s header timeout must not be what closes it.
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+}

@@ -695,6 +695,63 @@ pingora:
         assert_eq!(load("services:\n  a:\n    hosts: [a.com]\n    selector: {}\n").unwrap_err().key, "services.a.selector");
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A key of the file, as it may be nested: every value hawser reads from YAML.
+        const KEYS: &[&str] = &[
+            "listen", "h2c", "access_log", "docker.endpoint", "docker.label_prefix", "docker.address",
+            "docker.exposed_by_default", "health_check.interval", "health_check.rise", "health_check.type",
+            "proxy.read_timeout", "proxy.retries", "proxy.retry_budget.ratio", "proxy.max_body_size",
+            "proxy.stream_idle_timeout", "admin.listen", "clients.header_timeout", "clients.max_header_size",
+            "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "services.a.hosts",
+            "services.a.path_prefix", "services.a.port", "services.a.max_body_size",
+        ];
+
+        fn yaml_for(key: &str, value: &str) -> String {
+            let parts: Vec<&str> = key.split('.').collect();
+            let mut out = String::new();
+            for (depth, part) in parts.iter().enumerate() {
+                out.push_str(&"  ".repeat(depth));
+                out.push_str(part);
+                out.push(':');
+                out.push(if depth + 1 == parts.len() { ' ' } else { '\n' });
+            }
+            out.push_str(value);
+            out.push('\n');
+            out
+        }
+
+        proptest! {
+            /// Any value under any key: a configuration or an error, never a panic; and an
+            /// error about a value names the key it was under (or a line to look at).
+            #[test]
+            fn every_value_error_names_its_key(
+                key in proptest::sample::select(KEYS),
+                value in prop_oneof![
+                    "[ -~]{0,24}",
+                    "\"[ -~]{0,16}\"",
+                    "\\[[ -~]{0,16}\\]",
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    "[0-9]{1,6}(ms|s|m|h|k|KiB|m|GiB|x)?",
+                ],
+            ) {
+                let text = yaml_for(key, &value);
+                if let Err(e) = Loaded::from_yaml(&text, "prop.yaml") {
+                    prop_assert_eq!(&e.file, "prop.yaml");
+                    let top = key.split('.').next().unwrap();
+                    prop_assert!(e.key.starts_with(top) || e.line.is_some(), "{text:?}: {e}");
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "[ -~\n]{0,200}") {
+                let _ = Loaded::from_yaml(&text, "prop.yaml");
+            }
+        }
+    }
+
     #[test]
     fn selectors_match() {
         let labels: BTreeMap<String, String> =
