@@ -48,6 +48,9 @@ pub struct HawserProxy {
     access_log: Option<AccessLog>,
     limits: HeadLimits,
     body_timeout: std::time::Duration,
+    send_timeout: std::time::Duration,
+    /// Connections closed after hawser refused a request on them.
+    refused: prometheus::IntCounter,
     /// `clients.trusted_proxies`: peers whose forwarding headers are believed.
     trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -60,6 +63,8 @@ impl HawserProxy {
             access_log: AccessLog::start(access_log),
             limits: HeadLimits::from(clients),
             body_timeout: clients.body_timeout,
+            send_timeout: clients.send_timeout,
+            refused: crate::metrics::metrics().client_closed(crate::metrics::ClientClose::Refused),
             trusted_proxies: clients.trusted_proxies.clone(),
         }
     }
@@ -76,8 +81,6 @@ pub struct RequestCtx {
     backend: Option<Arc<BackendLive>>,
     /// The request was refused by hawser (its head, or its body's size): the answer says why.
     refused: Option<Reject>,
-    /// Request body bytes seen so far, against the service's `max_body_size`.
-    body_bytes: u64,
     /// The request-target the backend gets when it is not the client's: the normalised path
     /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
     /// target was already that.
@@ -128,7 +131,6 @@ impl ProxyHttp for HawserProxy {
             retries: 0,
             backend: None,
             refused: None,
-            body_bytes: 0,
             upstream_target: None,
             long_lived: None,
         }
@@ -141,6 +143,8 @@ impl ProxyHttp for HawserProxy {
         let unchecked = conn::head_read(downstream.stream());
         // nginx's client_body_timeout: the longest pause between two reads of the body.
         downstream.set_read_timeout(Some(self.body_timeout));
+        // nginx's send_timeout: a client that stops reading does not hold its answer forever.
+        downstream.set_write_timeout(Some(self.send_timeout));
         // RFC 9112 §9.3.2: requests pipelined on a connection are answered in order. pingora
         // drops them unless asked.
         downstream.set_pipelining_enabled(true);
@@ -158,7 +162,7 @@ impl ProxyHttp for HawserProxy {
         let req = session.req_header();
         let target = match RoutingTarget::read(req) {
             Ok(target) => target,
-            Err(why) => return bad_request(session, &why).await,
+            Err(why) => return Err(refuse(ctx, Reject::new(400, why))),
         };
         let host = target.host.as_ref().map_or("", |h| &h.host);
         match self.runtime.route(host, &target.path) {
@@ -167,12 +171,6 @@ impl ProxyHttp for HawserProxy {
                 svc.metrics.in_flight.inc();
                 ctx.long_lived = streams::classify(req);
                 ctx.upstream_target = target.upstream_target(req);
-                if ctx.long_lived.is_some() {
-                    // The client side of an upgraded connection is read with the session's
-                    // read timeout, clients.body_timeout from early_request_filter: a quiet
-                    // WebSocket client would be cut.
-                    session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
-                }
                 ctx.service = Some(svc);
                 Ok(false)
             }
@@ -218,9 +216,9 @@ impl ProxyHttp for HawserProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if expects_continue(session.req_header()) {
-            upstream.remove_header(&http::header::EXPECT);
-        }
+        // Expectations are hawser's to meet (see proxy_upstream_filter); RFC 9110 §10.1.1 has
+        // HTTP/1.0 ones ignored.
+        upstream.remove_header(&http::header::EXPECT);
         framing::strip_h2c_upgrade(upstream);
         let req = session.req_header();
         if let Some(target) = &ctx.upstream_target {
@@ -261,24 +259,26 @@ impl ProxyHttp for HawserProxy {
         // nginx answers `Expect: 100-continue` itself once it wants the body; so does hawser,
         // now that the request is routed and within its limits. The backend is not asked
         // (see upstream_request_filter), so no second 100 reaches the client.
-        if expects_continue(session.req_header()) {
+        if expects_continue(session.req_header()) && !session.as_downstream_mut().is_body_empty() {
             session.as_downstream_mut().write_continue_response().await?;
         }
         Ok(true)
     }
 
-    /// A body without a declared length (chunked) is counted as it streams; past the limit
-    /// the request is cut and, if no answer started yet, answered 413.
+    /// A body without a declared length (chunked) is measured as it is read from the client
+    /// (a retry's replay of the kept body is not read again); past the limit the request is
+    /// cut and, if no answer started yet, answered 413. The bytes of an upgraded tunnel are
+    /// no request body.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(max) = ctx.service.as_ref().and_then(|s| s.proxy.max_body_size) else { return Ok(()) };
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > max {
+        let downstream = session.as_downstream();
+        if !downstream.was_upgraded() && downstream.body_bytes_read() as u64 > max {
             return Err(refuse(ctx, TOO_LARGE));
         }
         Ok(())
@@ -296,10 +296,17 @@ impl ProxyHttp for HawserProxy {
     /// anything else ends it.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && let (Some(LongLived::Upgrade), Some(svc)) = (ctx.long_lived, &ctx.service)
+        {
+            // A tunnel now: its client side is read with the session's read timeout, until
+            // here clients.body_timeout, and a quiet WebSocket client is no stalled body.
+            session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
+        }
         if matches!(upstream_response.status.as_u16(), 502..=504) {
             self.backend_failed(ctx);
         } else if let Some(live) = &ctx.backend {
@@ -360,6 +367,12 @@ impl ProxyHttp for HawserProxy {
     /// Every request ends here: metrics, then the access log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         conn::request_done(session.as_downstream().stream());
+        // A body left unread (answered before it was read: a 404, a refusal, a backend's
+        // early 401) would be drained by pingora on the clock of the next request head; close
+        // instead, as for any request hawser stops reading.
+        if !session.as_downstream_mut().is_body_done() {
+            session.set_keepalive(None);
+        }
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = match &ctx.service {
@@ -392,11 +405,14 @@ impl ProxyHttp for HawserProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        if let (Some(reject), None) = (ctx.refused, session.response_written()) {
+        if session.response_written().is_none()
+            && let Some(reject) = ctx.refused.take()
+        {
             // Nothing more is read from a client whose request hawser refused.
+            debug!("refused a request from {:?}: {} {}", session.client_addr(), reject.status, reject.reason);
+            self.refused.inc();
             session.set_keepalive(None);
-            let body = format!("hawser: {}\n", reject.reason);
-            if let Err(err) = respond(session, reject.status, body, &[("Connection", "close")]).await {
+            if let Err(err) = respond(session, reject.status, reject.body(), &[("Connection", "close")]).await {
                 debug!("could not send the {} response: {err}", reject.status);
             }
             return FailToProxy { error_code: reject.status, can_reuse_downstream: false };
@@ -450,14 +466,15 @@ fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
         && req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-const TOO_LARGE: Reject = Reject { status: 413, reason: "the request body is larger than the service's max_body_size" };
+const TOO_LARGE: Reject =
+    Reject { status: 413, reason: std::borrow::Cow::Borrowed("the request body is larger than the service's max_body_size") };
 
 /// Records why hawser refuses this request and makes the error that ends it: the client's
 /// doing, so neither retried nor held against a backend.
 fn refuse(ctx: &mut RequestCtx, reject: Reject) -> Box<Error> {
-    ctx.refused = Some(reject);
-    let mut e = Error::explain(ErrorType::HTTPStatus(reject.status), reject.reason);
+    let mut e = Error::explain(ErrorType::HTTPStatus(reject.status), reject.reason.to_string());
     e.as_down();
+    ctx.refused = Some(reject);
     e
 }
 
@@ -487,8 +504,12 @@ impl<'r> RoutingTarget<'r> {
         if !req.raw_path_is_utf8() {
             return Err("the request target is not valid UTF-8: percent-encode its non-ASCII bytes".into());
         }
-        let path = normalize(req.uri.path()).map_err(|e| e.to_string())?;
         let absolute = raw_target_authority(req.raw_path()).authority().is_some();
+        // The path as the client sent it: pingora's parsed URI may differ from it (it rewrites
+        // a request line it cannot parse, and falls back to "/" for a target it cannot read).
+        let raw = std::str::from_utf8(req.raw_path()).unwrap_or_default();
+        let sent = if absolute { req.uri.path() } else { raw.split('?').next().unwrap_or_default() };
+        let path = normalize(sent).map_err(|e| e.to_string())?;
         Ok(RoutingTarget { host, path, absolute })
     }
 
@@ -555,13 +576,6 @@ fn shown(bytes: &[u8]) -> String {
 
 /// hawser's 400: what was wrong, and the connection closes after it: nothing more is read
 /// from a client that sent garbage, as its next bytes could mean anything.
-async fn bad_request(session: &mut Session, why: &str) -> Result<bool> {
-    debug!("400 to {:?}: {why}", session.client_addr());
-    session.set_keepalive(None);
-    respond(session, 400, format!("hawser: bad request: {why}\n"), &[]).await?;
-    Ok(true)
-}
-
 /// The backends a request has tried, without an allocation for the usual single attempt.
 #[derive(Default)]
 struct Tried {

@@ -8,10 +8,13 @@
 //!   `read_timeout` into the upstream session when the proxying starts, after `upstream_peer`
 //!   and before any response, and no later filter can reach that session, so a response
 //!   that turns out to be `101` or `text/event-stream` cannot change it.
-//! - A long-lived request's reads time out after the service's `stream_idle_timeout` in place
-//!   of `proxy.read_timeout`: upstream (the peer's read timeout) and, over HTTP/1, downstream
-//!   (pingora's session read timeout, which also covers the client side of an upgraded
-//!   connection; over HTTP/2 pingora has none).
+//! - A long-lived request's upstream reads time out after the service's `stream_idle_timeout`
+//!   in place of `proxy.read_timeout`. The client side keeps `clients.body_timeout` for its
+//!   request body (a slow body is no stream) until the backend answers `101`: from then on the
+//!   client side of the tunnel gets `stream_idle_timeout` too. Waiting for a server-sent-events
+//!   client to hang up has no timeout in pingora, and needs none.
+//! - An offer of `h2c` alone is no upgrade: hawser removes it before the backend sees it
+//!   ([`crate::edge::framing::strip_h2c_upgrade`]).
 //! - A long-lived exchange that ends in an idle timeout, on either side ([`idle_end`]), is not
 //!   a backend failure for passive ejection and is never retried. One the client closes was
 //!   never one (a downstream error). Connect failures, and a backend resetting or closing
@@ -49,12 +52,23 @@ pub fn idle_end(e: &Error) -> bool {
 /// upgrade (and HTTP/2 none of this kind).
 fn asks_for_upgrade(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
-        && req.headers.get_all(http::header::UPGRADE).iter().any(|v| !v.as_bytes().trim_ascii().is_empty())
+        && upgrade_offers(req).any(|p| !p.eq_ignore_ascii_case(b"h2c"))
         && req
             .headers
             .get_all(http::header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// The protocols a request's `Upgrade` fields offer (`websocket`, `h2c`, …), trimmed; empty
+/// elements left out.
+pub fn upgrade_offers(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
+    req.headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
 }
 
 /// An `Accept` media range `text/event-stream` (parameters allowed) that is not `q=0`.
@@ -98,7 +112,10 @@ mod tests {
         use LongLived::Upgrade;
         assert_eq!(kind(&[("Upgrade", "websocket"), ("Connection", "Upgrade")]), Some(Upgrade));
         assert_eq!(kind(&[("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade")]), Some(Upgrade));
-        assert_eq!(kind(&[("Upgrade", "h2c"), ("Connection", "keep-alive"), ("Connection", "upgrade")]), Some(Upgrade));
+        assert_eq!(kind(&[("Upgrade", "foo"), ("Connection", "keep-alive"), ("Connection", "upgrade")]), Some(Upgrade));
+        // curl --http2 on http:// offers h2c, which hawser removes: no tunnel will follow.
+        assert_eq!(kind(&[("Upgrade", "h2c"), ("Connection", "Upgrade, HTTP2-Settings")]), None);
+        assert_eq!(kind(&[("Upgrade", "h2c, websocket"), ("Connection", "upgrade")]), Some(Upgrade));
         assert_eq!(kind(&[("Upgrade", "websocket"), ("Connection", " UPGRADE ")]), Some(Upgrade));
         // Upgrade without the Connection token, or the token without Upgrade: an ordinary request.
         assert_eq!(kind(&[("Upgrade", "websocket")]), None);

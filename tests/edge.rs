@@ -191,28 +191,46 @@ fn hostile_request_corpus() {
     ];
     assert!(cases.len() >= 40, "the corpus has {} shapes", cases.len());
     let mut failures = Vec::new();
+    // Each shape twice: as the first request of a connection, and behind an ordinary request
+    // on a kept-alive one (hawser reads those heads differently: pingora reads them).
+    const FIRST: &[u8] = b"GET /api/first HTTP/1.1\r\nHost: edge.test\r\n\r\n";
     for (name, raw, expect) in &cases {
-        let before = (e.api.app_requests().len(), e.root.app_requests().len());
-        let got = exchange(e.h.addr, raw, Duration::from_secs(5));
-        let answers = responses(&got);
-        let recorded = (e.api.app_requests().len() - before.0, e.root.app_requests().len() - before.1);
-        let from = |rec: &str| answers.iter().filter(|(_, r)| r.as_deref() == Some(rec)).count();
-        let text = String::from_utf8_lossy(&got[..got.len().min(300)]).into_owned();
-        match expect {
-            Refused(status) => {
-                if answers.first().map(|a| a.0) != Some(*status) || recorded != (0, 0) {
-                    failures.push(format!("{name}: expected {status} and nothing forwarded, got {answers:?}, recorded {recorded:?}: {text:?}"));
+        for behind in [false, true] {
+            let sent = if behind { [FIRST, raw.as_slice()].concat() } else { raw.clone() };
+            let name = if behind { format!("{name} (second on its connection)") } else { name.to_string() };
+            let before = (e.api.app_requests().len(), e.root.app_requests().len());
+            let got = exchange(e.h.addr, &sent, Duration::from_secs(5));
+            let mut answers = responses(&got);
+            let mut recorded = (e.api.app_requests().len() - before.0, e.root.app_requests().len() - before.1);
+            let text = String::from_utf8_lossy(&got[..got.len().min(300)]).into_owned();
+            if behind {
+                if answers.first().map(|a| (a.0, a.1.as_deref())) != Some((200, Some("api"))) || recorded.0 == 0 {
+                    failures.push(format!("{name}: the ordinary first request was not answered by api: {answers:?}: {text:?}"));
+                    continue;
                 }
+                answers.remove(0);
+                recorded.0 -= 1;
             }
-            Answered => {
-                if answers.is_empty() && got.is_empty() && recorded != (0, 0) {
-                    failures.push(format!("{name}: forwarded {recorded:?} but the client got no answer"));
+            let from = |rec: &str| answers.iter().filter(|(_, r)| r.as_deref() == Some(rec)).count();
+            match expect {
+                Refused(status) => {
+                    // A later head is refused with the same status, or, past the size limit
+                    // before pingora has it whole, by closing the connection.
+                    let refused = match answers.first() {
+                        Some((s, _)) => s == status,
+                        None => behind && *status == 431,
+                    };
+                    if !refused || recorded != (0, 0) {
+                        failures.push(format!("{name}: expected {status} and nothing forwarded, got {answers:?}, recorded {recorded:?}: {text:?}"));
+                    }
                 }
-                if recorded != (from("api"), from("root")) {
-                    failures.push(format!("{name}: recorders got {recorded:?} requests, the client answers from them {answers:?}: {text:?}"));
-                }
-                if answers.iter().any(|(s, _)| *s >= 500) {
-                    failures.push(format!("{name}: hawser answered a 5xx: {answers:?}: {text:?}"));
+                Answered => {
+                    if recorded != (from("api"), from("root")) {
+                        failures.push(format!("{name}: recorders got {recorded:?} requests, the client answers from them {answers:?}: {text:?}"));
+                    }
+                    if answers.iter().any(|(s, _)| *s >= 500) {
+                        failures.push(format!("{name}: hawser answered a 5xx: {answers:?}: {text:?}"));
+                    }
                 }
             }
         }

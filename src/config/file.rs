@@ -50,6 +50,7 @@ pub struct ClientsSection {
     pub header_timeout: Option<Dur>,
     pub keepalive_timeout: Option<Dur>,
     pub body_timeout: Option<Dur>,
+    pub send_timeout: Option<Dur>,
     pub max_header_size: Option<Size>,
     pub max_headers: Option<Count>,
     pub max_uri_length: Option<Size>,

@@ -48,6 +48,9 @@ pub struct ClientPolicy {
     pub keepalive_timeout: Duration,
     /// Longest pause between two reads of a request body. nginx: `client_body_timeout 60s`.
     pub body_timeout: Duration,
+    /// Longest time a write to the client may wait for the client to read (a client that
+    /// stops reading holds its answer and the backend connection). nginx: `send_timeout 60s`.
+    pub send_timeout: Duration,
     /// Request line plus header fields, in bytes; more → 431.
     pub max_header_size: usize,
     /// Header fields per request; more → 431.
@@ -67,6 +70,7 @@ impl Default for ClientPolicy {
             header_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_header_size: 64 * 1024,
             max_headers: 100,
             max_uri_length: 8 * 1024,
@@ -461,6 +465,7 @@ fn client_policy(s: &file::ClientsSection) -> ClientPolicy {
         header_timeout: s.header_timeout.as_ref().map_or(d.header_timeout, |t| t.0),
         keepalive_timeout: s.keepalive_timeout.as_ref().map_or(d.keepalive_timeout, |t| t.0),
         body_timeout: s.body_timeout.as_ref().map_or(d.body_timeout, |t| t.0),
+        send_timeout: s.send_timeout.as_ref().map_or(d.send_timeout, |t| t.0),
         max_header_size: bytes(&s.max_header_size, d.max_header_size),
         max_headers: s.max_headers.map_or(d.max_headers, |n| n.0 as usize),
         max_uri_length: bytes(&s.max_uri_length, d.max_uri_length),
@@ -704,7 +709,7 @@ pingora:
             "listen", "h2c", "access_log", "docker.endpoint", "docker.label_prefix", "docker.address",
             "docker.exposed_by_default", "health_check.interval", "health_check.rise", "health_check.type",
             "proxy.read_timeout", "proxy.retries", "proxy.retry_budget.ratio", "proxy.max_body_size",
-            "proxy.stream_idle_timeout", "admin.listen", "clients.header_timeout", "clients.max_header_size",
+            "proxy.stream_idle_timeout", "admin.listen", "clients.header_timeout", "clients.send_timeout", "clients.max_header_size",
             "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "services.a.hosts",
             "services.a.path_prefix", "services.a.port", "services.a.max_body_size",
         ];

@@ -31,7 +31,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ impl ServerApp for EdgeApp {
             self.count_close(ClientClose::OverLimit);
             return None;
         };
-        let mut stream = EdgeStream::new(stream, self.timeouts);
+        let mut stream = EdgeStream::new(stream, self.timeouts, self.limits.max_header_size);
         match stream.choose_protocol(self.h2c, &self.limits).await {
             Ok(()) => {}
             Err(Unusable::Refused(reject)) => {
@@ -185,6 +185,8 @@ pub struct HeadClock {
     phase: AtomicU8,
     /// The connection's first head passed [`framing::check_head`] as it arrived.
     first_head_checked: AtomicBool,
+    /// Counts the answers ended on this connection: a new head is awaited after each.
+    generation: AtomicU32,
     /// Milliseconds after `epoch` at which the current wait ends (phases with a deadline).
     deadline_ms: AtomicU64,
     epoch: Instant,
@@ -200,12 +202,15 @@ const BUSY: u8 = 2;
 /// A deadline passed: every read fails.
 const EXPIRED_IDLE: u8 = 3;
 const EXPIRED_HEAD: u8 = 4;
+/// A later head broke a limit: every read fails.
+const REFUSED: u8 = 5;
 
 impl HeadClock {
     fn new(timeouts: Timeouts) -> HeadClock {
         let clock = HeadClock {
             phase: AtomicU8::new(HEAD),
             first_head_checked: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
             deadline_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             timeouts,
@@ -245,11 +250,12 @@ impl HeadClock {
         }
     }
 
-    /// Why the connection was closed by a deadline, if it was.
+    /// Why the connection was closed by a deadline or a limit, if it was.
     fn expired(&self) -> Option<ClientClose> {
         match self.phase.load(Ordering::Acquire) {
             EXPIRED_IDLE => Some(ClientClose::KeepaliveTimeout),
             EXPIRED_HEAD => Some(ClientClose::HeaderTimeout),
+            REFUSED => Some(ClientClose::Refused),
             _ => None,
         }
     }
@@ -271,6 +277,7 @@ pub fn head_read(stream: Option<&Stream>) -> bool {
 /// The answer to a request ended: the next head must start within `keepalive_timeout`.
 pub fn request_done(stream: Option<&Stream>) {
     if let Some(clock) = clock_of(stream) {
+        clock.generation.fetch_add(1, Ordering::AcqRel);
         clock.wait(IDLE, clock.timeouts.keepalive);
     }
 }
@@ -296,11 +303,65 @@ pub struct EdgeStream {
     replayed: usize,
     clock: Arc<HeadClock>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The head being read on a kept-alive connection, measured as it passes.
+    scan: HeadScan,
+    max_header_size: usize,
+}
+
+/// How much of a later request head has been read (pingora would buffer up to 1 MiB of it).
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// The clock's [`HeadClock::generation`] this scan belongs to.
+    generation: u32,
+    bytes: usize,
+    /// The last two bytes seen, for a blank line split across reads.
+    tail: [u8; 2],
+    ended: bool,
 }
 
 impl EdgeStream {
-    fn new(inner: Stream, timeouts: Timeouts) -> EdgeStream {
-        EdgeStream { inner, replay: Vec::new(), replayed: 0, clock: Arc::new(HeadClock::new(timeouts)), timer: None }
+    fn new(inner: Stream, timeouts: Timeouts, max_header_size: usize) -> EdgeStream {
+        EdgeStream {
+            inner,
+            replay: Vec::new(),
+            replayed: 0,
+            clock: Arc::new(HeadClock::new(timeouts)),
+            timer: None,
+            scan: HeadScan::default(),
+            max_header_size,
+        }
+    }
+
+    /// Measures `new` bytes read while a head is awaited; refuses a head that passes
+    /// `max_header_size` without ending. The first head of a connection was checked whole by
+    /// [`EdgeStream::choose_protocol`]; this bounds the later ones, which pingora reads itself.
+    fn measure_head(&mut self, new: &[u8]) -> io::Result<()> {
+        if !matches!(self.clock.phase.load(Ordering::Acquire), IDLE | HEAD) {
+            return Ok(());
+        }
+        let generation = self.clock.generation.load(Ordering::Acquire);
+        if generation != self.scan.generation {
+            self.scan = HeadScan { generation, ..HeadScan::default() };
+        }
+        if self.scan.ended || new.is_empty() {
+            return Ok(());
+        }
+        if framing::find_head_end(self.scan.tail, new).is_some() {
+            self.scan.ended = true;
+            return Ok(());
+        }
+        self.scan.bytes += new.len();
+        self.scan.tail = match new {
+            [.., a, b] => [*a, *b],
+            [b] => [self.scan.tail[1], *b],
+            [] => self.scan.tail,
+        };
+        if self.scan.bytes > self.max_header_size {
+            self.clock.phase.store(REFUSED, Ordering::Release);
+            debug!("client connection closed: a request head larger than clients.max_header_size");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head larger than clients.max_header_size"));
+        }
+        Ok(())
     }
 
     /// Reads until the protocol is known: the HTTP/2 preface (with `h2c`), or for HTTP/1.x
@@ -346,25 +407,47 @@ impl EdgeStream {
     }
 
     /// Answers a refused first request and closes: nothing more is read from this client.
+    /// The close lingers, as nginx's does: bytes the client sent after the refused head
+    /// (its body, pipelined requests) are read and dropped for a moment, so that the kernel
+    /// does not answer them with a reset that could destroy the answer before it is read.
     async fn refuse(&mut self, reject: Reject) {
+        use tokio::io::AsyncReadExt;
         debug!("client connection refused: {} ({})", reject.status, reject.reason);
-        let body = format!("hawser: {}\n", reject.reason);
+        let body = reject.body();
         let head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             reject.status,
-            http::StatusCode::from_u16(reject.status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
+            reject.phrase(),
             body.len()
         );
-        let write = async {
+        let answer = async {
             self.inner.write_all(head.as_bytes()).await?;
             self.inner.write_all(body.as_bytes()).await?;
-            self.inner.flush().await
+            self.inner.flush().await?;
+            self.inner.shutdown().await
         };
         // A client that does not read its answer does not hold the connection either.
-        let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
-        Shutdown::shutdown(&mut *self.inner).await;
+        if !matches!(tokio::time::timeout(LINGER, answer).await, Ok(Ok(()))) {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            while left > 0 {
+                match self.inner.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
+
+/// How long a refused connection's answer may take to write, and how long its close lingers.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much of what a refused client sent after its head is read and dropped.
+const LINGER_BYTES: usize = 64 * 1024;
 
 impl AsyncRead for EdgeStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -387,6 +470,7 @@ impl AsyncRead for EdgeStream {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.clock.bytes_arrived();
+                    this.measure_head(&buf.filled()[before..])?;
                 }
                 Poll::Ready(Ok(()))
             }

@@ -24,15 +24,33 @@
 
 use crate::config::ClientPolicy;
 
-/// Why a request head is refused, and the status to answer with (400, 414 or 431).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why hawser refuses a request itself, and the status to answer with. Every such answer,
+/// wherever it is made, is [`Reject::body`] with `Connection: close`, and the connection is
+/// closed after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: std::borrow::Cow<'static, str>,
+}
+
+impl Reject {
+    pub fn new(status: u16, reason: impl Into<std::borrow::Cow<'static, str>>) -> Reject {
+        Reject { status, reason: reason.into() }
+    }
+
+    /// The status line's reason phrase ("Bad Request").
+    pub fn phrase(&self) -> &'static str {
+        http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+    }
+
+    /// The plain-text answer: `hawser: bad request: <reason>`.
+    pub fn body(&self) -> String {
+        format!("hawser: {}: {}\n", self.phrase().to_ascii_lowercase(), self.reason)
+    }
 }
 
 const fn reject(status: u16, reason: &'static str) -> Reject {
-    Reject { status, reason }
+    Reject { status, reason: std::borrow::Cow::Borrowed(reason) }
 }
 
 /// The limits [`check_head`] applies, from `clients:` in the configuration.
@@ -79,6 +97,23 @@ fn skip_empty_lines(mut buf: &[u8]) -> &[u8] {
         buf = rest;
     }
     buf
+}
+
+/// Where a head ends in `chunk`, the next bytes of a stream whose two bytes before were
+/// `prev`: the index just past the blank line (CRLF CRLF, or a bare-LF one, which
+/// [`check_head`] then refuses). For heads read in pieces, without keeping them.
+pub fn find_head_end(prev: [u8; 2], chunk: &[u8]) -> Option<usize> {
+    // The stream as prev[0], prev[1], chunk[0], …: byte v of it.
+    let byte = |v: usize| if v < 2 { prev[v] } else { chunk[v - 2] };
+    let mut from = 0;
+    while let Some(k) = chunk[from..].iter().position(|&b| b == b'\n') {
+        let v = from + k + 2;
+        if byte(v - 1) == b'\n' || (byte(v - 1) == b'\r' && byte(v - 2) == b'\n') {
+            return Some(from + k + 1);
+        }
+        from += k + 1;
+    }
+    None
 }
 
 /// A head still arriving: refuses what can already be seen to be wrong or too large.
@@ -222,10 +257,7 @@ fn check_request_line(line: &[u8], limits: &HeadLimits) -> Result<bool, Reject> 
 /// upgrades (WebSocket) keep their `Upgrade` header; `curl --http2` on http:// offers h2c and
 /// simply gets HTTP/1.1.
 pub fn strip_h2c_upgrade(req: &mut pingora::http::RequestHeader) {
-    let offers_h2c = req.headers.get_all(http::header::UPGRADE).iter().any(|v| {
-        v.as_bytes().split(|&b| b == b',').any(|p| trim_ows(p).eq_ignore_ascii_case(b"h2c"))
-    });
-    if offers_h2c {
+    if crate::streams::upgrade_offers(req).any(|p| p.eq_ignore_ascii_case(b"h2c")) {
         req.remove_header(&http::header::UPGRADE);
         req.remove_header("HTTP2-Settings");
     }
@@ -275,6 +307,13 @@ mod tests {
 
     fn check(head: &str) -> Result<(), u16> {
         check_head(head.as_bytes(), &LIMITS).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn refusals_read_the_same_everywhere() {
+        let r = check_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", &LIMITS).unwrap_err();
+        assert_eq!(r.body(), "hawser: bad request: more than one Host\n");
+        assert_eq!(Reject::new(431, "x").body(), "hawser: request header fields too large: x\n");
     }
 
     #[test]
@@ -353,6 +392,28 @@ mod tests {
         assert_eq!(ok(" GET / HTTP/1.1"), Err(400));
         assert_eq!(ok(&format!("GET /{}", "a".repeat(64))), Err(414));
         assert_eq!(ok(&"A".repeat(40)), Err(400));
+    }
+
+    #[test]
+    fn head_ends_across_reads() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        for cut in 0..whole.len() {
+            let (a, b) = whole.split_at(cut);
+            let mut prev = [0u8; 2];
+            let found = match find_head_end(prev, a) {
+                Some(i) => Some(i),
+                None => {
+                    for &byte in a {
+                        prev = [prev[1], byte];
+                    }
+                    find_head_end(prev, b).map(|i| cut + i)
+                }
+            };
+            assert_eq!(found, Some(27), "cut at {cut}");
+        }
+        assert_eq!(find_head_end([b'\n', b'\r'], b"\nX"), Some(1));
+        assert_eq!(find_head_end([0, b'\n'], b"\n"), Some(1));
+        assert_eq!(find_head_end([0, 0], b"a\r\nb"), None);
     }
 
     #[test]
