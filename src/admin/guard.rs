@@ -57,7 +57,7 @@ pub struct Guard {
 /// The parts of a request the guard decides on, as received (bytes: header values need not be
 /// UTF-8).
 #[derive(Debug, Default)]
-pub struct Facts<'a> {
+pub struct RequestFacts<'a> {
     pub method: Method,
     /// Every `Host` header value, and the authority of an absolute-form request target (empty
     /// when the target is ambiguous).
@@ -72,8 +72,8 @@ pub struct Facts<'a> {
     pub peer_loopback: bool,
 }
 
-impl<'a> Facts<'a> {
-    pub fn of(req: &'a pingora::http::RequestHeader, peer: Option<IpAddr>) -> Facts<'a> {
+impl<'a> RequestFacts<'a> {
+    pub fn of(req: &'a pingora::http::RequestHeader, peer: Option<IpAddr>) -> RequestFacts<'a> {
         let all = |name: http::header::HeaderName| -> Vec<&'a [u8]> {
             req.headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
         };
@@ -88,7 +88,7 @@ impl<'a> Facts<'a> {
         if let Some(authority) = req.uri.authority() {
             hosts.push(authority.as_str().as_bytes());
         }
-        Facts {
+        RequestFacts {
             method: req.method.clone(),
             hosts,
             host_header: req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
@@ -129,7 +129,7 @@ impl Guard {
     }
 
     /// Whether to serve a request; see the module doc for the rules.
-    pub fn check(&self, req: &Facts<'_>) -> Result<(), Refusal> {
+    pub fn check(&self, req: &RequestFacts<'_>) -> Result<(), Refusal> {
         if !self.token_set {
             if req.hosts.is_empty() && !req.peer_loopback {
                 return Err(Refusal::NoHost);
@@ -215,18 +215,18 @@ mod tests {
         Guard::new(LISTEN.parse().unwrap(), token)
     }
 
-    fn get<'a>(host: &'a str) -> Facts<'a> {
-        Facts {
+    fn get<'a>(host: &'a str) -> RequestFacts<'a> {
+        RequestFacts {
             method: Method::GET,
             hosts: vec![host.as_bytes()],
             host_header: Some(host.as_bytes()),
             peer_loopback: true,
-            ..Facts::default()
+            ..RequestFacts::default()
         }
     }
 
-    fn post<'a>(host: &'a str, origin: Option<&'a str>, site: Option<&'a str>) -> Facts<'a> {
-        Facts {
+    fn post<'a>(host: &'a str, origin: Option<&'a str>, site: Option<&'a str>) -> RequestFacts<'a> {
+        RequestFacts {
             method: Method::POST,
             origins: origin.map(str::as_bytes).into_iter().collect(),
             fetch_sites: site.map(str::as_bytes).into_iter().collect(),
@@ -279,10 +279,10 @@ mod tests {
         }
         // Not UTF-8.
         let bad = [0xff_u8, b'a'];
-        let f = Facts { hosts: vec![&bad], host_header: Some(&bad), ..get("") };
+        let f = RequestFacts { hosts: vec![&bad], host_header: Some(&bad), ..get("") };
         assert_eq!(g.check(&f), Err(Refusal::ForeignHost));
         // Every host named must pass: a good Host does not cover a foreign absolute target.
-        let f = Facts { hosts: vec![b"127.0.0.1:9900", b"evil.example"], ..get("127.0.0.1:9900") };
+        let f = RequestFacts { hosts: vec![b"127.0.0.1:9900", b"evil.example"], ..get("127.0.0.1:9900") };
         assert_eq!(g.check(&f), Err(Refusal::ForeignHost));
     }
 
@@ -314,9 +314,9 @@ mod tests {
     #[test]
     fn no_host_only_from_loopback() {
         let g = guard(false);
-        let f = Facts { method: Method::GET, peer_loopback: true, ..Facts::default() };
+        let f = RequestFacts { method: Method::GET, peer_loopback: true, ..RequestFacts::default() };
         assert_eq!(g.check(&f), Ok(()));
-        let f = Facts { method: Method::GET, peer_loopback: false, ..Facts::default() };
+        let f = RequestFacts { method: Method::GET, peer_loopback: false, ..RequestFacts::default() };
         assert_eq!(g.check(&f), Err(Refusal::NoHost));
         assert_eq!(guard(true).check(&f), Ok(()));
     }
@@ -347,7 +347,7 @@ mod tests {
                 assert_eq!(g.check(&post(host, origin, site)), Err(Refusal::CrossOrigin), "{origin:?} {site:?}");
             }
             // An Origin cannot be compared without a Host.
-            let f = Facts { hosts: vec![], host_header: None, ..post("", Some("http://127.0.0.1:9900"), None) };
+            let f = RequestFacts { hosts: vec![], host_header: None, ..post("", Some("http://127.0.0.1:9900"), None) };
             assert!(g.check(&f).is_err());
         }
     }
@@ -370,12 +370,12 @@ mod tests {
         }
         // GET and HEAD are not checked for origin: reading needs the same-origin policy's
         // consent anyway, and the status page's own links must work.
-        let f = Facts { method: Method::GET, ..post("127.0.0.1:9900", Some("http://evil.example"), Some("cross-site")) };
+        let f = RequestFacts { method: Method::GET, ..post("127.0.0.1:9900", Some("http://evil.example"), Some("cross-site")) };
         assert_eq!(g.check(&f), Ok(()));
     }
 
     #[test]
-    fn facts_include_an_absolute_target() {
+    fn request_facts_include_an_absolute_target() {
         let g = guard(false);
         let req = |target: &str, host: Option<&str>| {
             let mut r = pingora::http::RequestHeader::build("GET", target.as_bytes(), None).unwrap();
@@ -386,13 +386,13 @@ mod tests {
         };
         let peer = Some(IpAddr::from([127, 0, 0, 1]));
         let r = req("http://evil.example:9900/api/services", None);
-        assert_eq!(g.check(&Facts::of(&r, peer)), Err(Refusal::ForeignHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Err(Refusal::ForeignHost));
         let r = req("http://127.0.0.1:9900/api/services", Some("127.0.0.1:9900"));
-        assert_eq!(g.check(&Facts::of(&r, peer)), Ok(()));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Ok(()));
         let r = req("/api/services", None);
-        assert_eq!(g.check(&Facts::of(&r, peer)), Ok(()));
-        assert_eq!(g.check(&Facts::of(&r, Some(IpAddr::from([192, 0, 2, 1])))), Err(Refusal::NoHost));
-        assert_eq!(g.check(&Facts::of(&r, None)), Err(Refusal::NoHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Ok(()));
+        assert_eq!(g.check(&RequestFacts::of(&r, Some(IpAddr::from([192, 0, 2, 1])))), Err(Refusal::NoHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, None)), Err(Refusal::NoHost));
     }
 
     #[test]
