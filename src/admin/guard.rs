@@ -21,7 +21,8 @@
 //!    page never can. The port is not compared: an SSH tunnel (`ssh -L 8000:127.0.0.1:9900`)
 //!    or a Docker port mapping changes it and is no attack. Subdomains of `localhost` are not
 //!    accepted: browsers pin them to loopback but not every resolver does, and nobody needs
-//!    them to reach this API.
+//!    them to reach this API; nor is `localhost.`, which a resolver may send to DNS. Hosts
+//!    are read by [`parse_host`], as for routing, with that one rule stricter.
 //! 2. A request that names no host at all (HTTP/1.0 without `Host`) is served only to a
 //!    loopback peer. No browser sends one; old scripts and `nc` do.
 //! 3. With `admin.token` set, (1) and (2) are skipped: the Bearer token is what a rebinding
@@ -38,10 +39,13 @@
 //! Everything here is a pure function of the request head and the peer's address: no I/O, no
 //! panics on any input; anything that does not parse is refused.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::Method;
 use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+
+use crate::edge::host::parse_host;
 
 /// What the guard knows of the admin listener.
 #[derive(Debug, Clone)]
@@ -53,7 +57,7 @@ pub struct Guard {
 /// The parts of a request the guard decides on, as received (bytes: header values need not be
 /// UTF-8).
 #[derive(Debug, Default)]
-pub struct Facts<'a> {
+pub struct RequestFacts<'a> {
     pub method: Method,
     /// Every `Host` header value, and the authority of an absolute-form request target (empty
     /// when the target is ambiguous).
@@ -68,8 +72,8 @@ pub struct Facts<'a> {
     pub peer_loopback: bool,
 }
 
-impl<'a> Facts<'a> {
-    pub fn of(req: &'a pingora::http::RequestHeader, peer: Option<IpAddr>) -> Facts<'a> {
+impl<'a> RequestFacts<'a> {
+    pub fn of(req: &'a pingora::http::RequestHeader, peer: Option<IpAddr>) -> RequestFacts<'a> {
         let all = |name: http::header::HeaderName| -> Vec<&'a [u8]> {
             req.headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
         };
@@ -84,7 +88,7 @@ impl<'a> Facts<'a> {
         if let Some(authority) = req.uri.authority() {
             hosts.push(authority.as_str().as_bytes());
         }
-        Facts {
+        RequestFacts {
             method: req.method.clone(),
             hosts,
             host_header: req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
@@ -125,7 +129,7 @@ impl Guard {
     }
 
     /// Whether to serve a request; see the module doc for the rules.
-    pub fn check(&self, req: &Facts<'_>) -> Result<(), Refusal> {
+    pub fn check(&self, req: &RequestFacts<'_>) -> Result<(), Refusal> {
         if !self.token_set {
             if req.hosts.is_empty() && !req.peer_loopback {
                 return Err(Refusal::NoHost);
@@ -165,48 +169,34 @@ impl Guard {
     }
 }
 
-/// The host part of an authority: an IP literal or a registered name (lowercased).
+/// A host as the guard compares it: an IP literal by address (`[::1]` and `[0::1]` are one
+/// host), a name by its lower-cased text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Name {
+enum Name<'a> {
     Ip(IpAddr),
-    Reg(String),
+    Reg(Cow<'a, str>),
 }
 
-/// `host[:port]` → (host, port with 80 for none). `None` for anything malformed: an empty
-/// host, a bad port, userinfo, a bare IPv6 address, characters a host cannot have.
-fn parse_authority(raw: &[u8]) -> Option<(Name, u16)> {
-    let s = std::str::from_utf8(raw.trim_ascii()).ok()?;
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        (Name::Ip(IpAddr::V6(v6.parse().ok()?)), port)
-    } else {
-        let (host, port) = match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        };
-        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
-            return None;
-        }
-        let name = match host.parse::<std::net::Ipv4Addr>() {
-            Ok(ip) => Name::Ip(IpAddr::V4(ip)),
-            Err(_) => Name::Reg(host.to_ascii_lowercase()),
-        };
-        (name, port)
+/// `host[:port]` → (host, port with 80 for none), read by [`parse_host`], the parser requests
+/// are routed by, so that the guard and routing never disagree on what a Host names. `None`
+/// for anything it refuses (an empty host, a bad port, userinfo, a bare IPv6 address,
+/// characters a host cannot have), and, stricter than routing, for a name with a trailing dot:
+/// `localhost.` is an absolute DNS name, which a resolver may look up in DNS rather than
+/// answer from `/etc/hosts`. The surrounding whitespace of a header value is not the host's.
+fn parse_authority(raw: &[u8]) -> Option<(Name<'_>, u16)> {
+    let parsed = parse_host(raw.trim_ascii()).ok()?;
+    if parsed.trailing_dot {
+        return None;
+    }
+    let name = match parsed.ip() {
+        Some(ip) => Name::Ip(ip),
+        None => Name::Reg(parsed.host),
     };
-    let port = match port {
-        None | Some("") => 80,
-        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-        Some(_) => return None,
-    };
-    Some((host, port))
+    Some((name, parsed.port.unwrap_or(80)))
 }
 
 /// The authority of an `http://` origin; `None` for `null`, other schemes, or a path.
-fn origin_authority(origin: &[u8]) -> Option<(Name, u16)> {
+fn origin_authority(origin: &[u8]) -> Option<(Name<'_>, u16)> {
     let origin = origin.trim_ascii();
     let scheme = origin.get(..7)?;
     if !scheme.eq_ignore_ascii_case(b"http://") {
@@ -225,18 +215,18 @@ mod tests {
         Guard::new(LISTEN.parse().unwrap(), token)
     }
 
-    fn get<'a>(host: &'a str) -> Facts<'a> {
-        Facts {
+    fn get<'a>(host: &'a str) -> RequestFacts<'a> {
+        RequestFacts {
             method: Method::GET,
             hosts: vec![host.as_bytes()],
             host_header: Some(host.as_bytes()),
             peer_loopback: true,
-            ..Facts::default()
+            ..RequestFacts::default()
         }
     }
 
-    fn post<'a>(host: &'a str, origin: Option<&'a str>, site: Option<&'a str>) -> Facts<'a> {
-        Facts {
+    fn post<'a>(host: &'a str, origin: Option<&'a str>, site: Option<&'a str>) -> RequestFacts<'a> {
+        RequestFacts {
             method: Method::POST,
             origins: origin.map(str::as_bytes).into_iter().collect(),
             fetch_sites: site.map(str::as_bytes).into_iter().collect(),
@@ -289,11 +279,26 @@ mod tests {
         }
         // Not UTF-8.
         let bad = [0xff_u8, b'a'];
-        let f = Facts { hosts: vec![&bad], host_header: Some(&bad), ..get("") };
+        let f = RequestFacts { hosts: vec![&bad], host_header: Some(&bad), ..get("") };
         assert_eq!(g.check(&f), Err(Refusal::ForeignHost));
         // Every host named must pass: a good Host does not cover a foreign absolute target.
-        let f = Facts { hosts: vec![b"127.0.0.1:9900", b"evil.example"], ..get("127.0.0.1:9900") };
+        let f = RequestFacts { hosts: vec![b"127.0.0.1:9900", b"evil.example"], ..get("127.0.0.1:9900") };
         assert_eq!(g.check(&f), Err(Refusal::ForeignHost));
+    }
+
+    #[test]
+    fn hosts_are_read_as_routing_reads_them_but_a_trailing_dot_is_refused() {
+        let g = guard(false);
+        // Routing takes these for 127.0.0.1 / localhost; the guard does not.
+        for host in ["127.0.0.1.:9900", "localhost.", "LOCALHOST.:80"] {
+            assert_eq!(g.check(&get(host)), Err(Refusal::ForeignHost), "{host:?}");
+        }
+        // Routing refuses these, so the guard does too (it used to let an over-long port by).
+        for host in ["127.0.0.1:000080", "localhost..", "[::1]:1:2"] {
+            assert_eq!(g.check(&get(host)), Err(Refusal::ForeignHost), "{host:?}");
+        }
+        // An IPv6 literal is compared by address, not spelling.
+        assert_eq!(g.check(&post("[::1]:9900", Some("http://[0:0::1]:9900"), None)), Ok(()));
     }
 
     #[test]
@@ -309,9 +314,9 @@ mod tests {
     #[test]
     fn no_host_only_from_loopback() {
         let g = guard(false);
-        let f = Facts { method: Method::GET, peer_loopback: true, ..Facts::default() };
+        let f = RequestFacts { method: Method::GET, peer_loopback: true, ..RequestFacts::default() };
         assert_eq!(g.check(&f), Ok(()));
-        let f = Facts { method: Method::GET, peer_loopback: false, ..Facts::default() };
+        let f = RequestFacts { method: Method::GET, peer_loopback: false, ..RequestFacts::default() };
         assert_eq!(g.check(&f), Err(Refusal::NoHost));
         assert_eq!(guard(true).check(&f), Ok(()));
     }
@@ -342,7 +347,7 @@ mod tests {
                 assert_eq!(g.check(&post(host, origin, site)), Err(Refusal::CrossOrigin), "{origin:?} {site:?}");
             }
             // An Origin cannot be compared without a Host.
-            let f = Facts { hosts: vec![], host_header: None, ..post("", Some("http://127.0.0.1:9900"), None) };
+            let f = RequestFacts { hosts: vec![], host_header: None, ..post("", Some("http://127.0.0.1:9900"), None) };
             assert!(g.check(&f).is_err());
         }
     }
@@ -365,12 +370,12 @@ mod tests {
         }
         // GET and HEAD are not checked for origin: reading needs the same-origin policy's
         // consent anyway, and the status page's own links must work.
-        let f = Facts { method: Method::GET, ..post("127.0.0.1:9900", Some("http://evil.example"), Some("cross-site")) };
+        let f = RequestFacts { method: Method::GET, ..post("127.0.0.1:9900", Some("http://evil.example"), Some("cross-site")) };
         assert_eq!(g.check(&f), Ok(()));
     }
 
     #[test]
-    fn facts_include_an_absolute_target() {
+    fn request_facts_include_an_absolute_target() {
         let g = guard(false);
         let req = |target: &str, host: Option<&str>| {
             let mut r = pingora::http::RequestHeader::build("GET", target.as_bytes(), None).unwrap();
@@ -381,13 +386,13 @@ mod tests {
         };
         let peer = Some(IpAddr::from([127, 0, 0, 1]));
         let r = req("http://evil.example:9900/api/services", None);
-        assert_eq!(g.check(&Facts::of(&r, peer)), Err(Refusal::ForeignHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Err(Refusal::ForeignHost));
         let r = req("http://127.0.0.1:9900/api/services", Some("127.0.0.1:9900"));
-        assert_eq!(g.check(&Facts::of(&r, peer)), Ok(()));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Ok(()));
         let r = req("/api/services", None);
-        assert_eq!(g.check(&Facts::of(&r, peer)), Ok(()));
-        assert_eq!(g.check(&Facts::of(&r, Some(IpAddr::from([192, 0, 2, 1])))), Err(Refusal::NoHost));
-        assert_eq!(g.check(&Facts::of(&r, None)), Err(Refusal::NoHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, peer)), Ok(()));
+        assert_eq!(g.check(&RequestFacts::of(&r, Some(IpAddr::from([192, 0, 2, 1])))), Err(Refusal::NoHost));
+        assert_eq!(g.check(&RequestFacts::of(&r, None)), Err(Refusal::NoHost));
     }
 
     #[test]

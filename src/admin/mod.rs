@@ -25,7 +25,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::config::AdminConfig;
-use guard::{Facts, Guard};
+use guard::{Guard, RequestFacts};
 use crate::metrics::metrics;
 use crate::runtime::{DrainError, Runtime};
 
@@ -62,7 +62,7 @@ impl AdminApi {
     /// The answer to one request: status, content type, body.
     fn answer(&self, method: &Method, path: &str, session: &ServerSession) -> (StatusCode, &'static str, Vec<u8>) {
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if let Err(refusal) = self.guard.check(&Facts::of(session.req_header(), peer)) {
+        if let Err(refusal) = self.guard.check(&RequestFacts::of(session.req_header(), peer)) {
             return (StatusCode::FORBIDDEN, "text/plain; charset=utf-8", refusal.message(self.listen).into_bytes());
         }
         if path != "/healthz" && !self.authorized(session) {

@@ -8,18 +8,20 @@
 //!   own: `X-Forwarded-For` and `X-Real-IP` the peer's address, `X-Forwarded-Proto` the
 //!   scheme the client used, `X-Forwarded-Host` the host the request was routed on (none when
 //!   the request named no host: never the client's), `X-Forwarded-Port` the local port the
-//!   client connected to;
-//! - a trusted peer (a proxy in front of hawser): the peer's address is appended to its
-//!   `X-Forwarded-For` (as nginx's `$proxy_add_x_forwarded_for`); its `X-Real-IP`,
-//!   `X-Forwarded-Proto`, `-Host`, `-Port`, `-Prefix` and `Forwarded` are kept, and the ones
-//!   it did not send are set as for an untrusted peer.
+//!   client connected to, and `Forwarded` one element saying the same (RFC 7239:
+//!   `for=192.0.2.7;proto=http;host=a.test`);
+//! - a trusted peer (a proxy in front of hawser): hawser's hop is appended to the chains it
+//!   sent, the peer's address to its `X-Forwarded-For` (as nginx's
+//!   `$proxy_add_x_forwarded_for`) and hawser's element to its `Forwarded`, so that the two
+//!   chains name the same hops; its `X-Real-IP`, `X-Forwarded-Proto`, `-Host`, `-Port` and
+//!   `-Prefix` are kept, and the ones it did not send are set as for an untrusted peer.
 //!
 //! [`edits`] decides (pure: peer, trusted list, incoming headers in; edits out), [`apply`]
 //! carries the decision out on the request that goes upstream.
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -28,6 +30,7 @@ pub const X_REAL_IP: &str = "X-Real-IP";
 pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
 pub const X_FORWARDED_PORT: &str = "X-Forwarded-Port";
+pub const FORWARDED: &str = "Forwarded";
 /// Every header whose name starts with this (lower-case, as `http` stores names) is the
 /// client's claim about a proxy hop.
 const X_FORWARDED_PREFIX: &str = "x-forwarded-";
@@ -52,6 +55,8 @@ pub struct Edits {
     pub strip: bool,
     /// Each `Some` replaces whatever is there.
     pub forwarded_for: Option<HeaderValue>,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: Option<HeaderValue>,
     pub real_ip: Option<HeaderValue>,
     pub proto: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
@@ -72,9 +77,19 @@ pub fn edits(facts: Facts, trusted: &[IpNet], incoming: &HeaderMap) -> Edits {
     let trusted = peer.is_some_and(|ip| is_trusted(ip, trusted));
     // From a trusted peer, a header it sent is kept (no edit); else hawser's own value.
     let own = |name: &str, value: Option<HeaderValue>| if trusted && incoming.contains_key(name) { None } else { value };
+    let element = forwarded_element(peer, facts.proto, facts.host.as_ref());
     Edits {
         strip: !trusted,
-        forwarded_for: if trusted { appended_for(incoming, peer_value.as_ref()) } else { peer_value.clone() },
+        forwarded_for: if trusted {
+            appended(incoming, X_FORWARDED_FOR, peer_value.as_ref().map(HeaderValue::as_bytes))
+        } else {
+            peer_value.clone()
+        },
+        forwarded: if trusted {
+            appended(incoming, FORWARDED, Some(&element))
+        } else {
+            HeaderValue::from_bytes(&element).ok()
+        },
         real_ip: own(X_REAL_IP, peer_value),
         proto: own(X_FORWARDED_PROTO, Some(HeaderValue::from_static(facts.proto))),
         host: own(X_FORWARDED_HOST, facts.host),
@@ -82,11 +97,11 @@ pub fn edits(facts: Facts, trusted: &[IpNet], incoming: &HeaderMap) -> Edits {
     }
 }
 
-/// A trusted proxy's `X-Forwarded-For` (all its lines, in order) with `peer` appended.
-fn appended_for(incoming: &HeaderMap, peer: Option<&HeaderValue>) -> Option<HeaderValue> {
+/// A trusted proxy's list header (all its lines, in order) with hawser's `own` item appended.
+fn appended(incoming: &HeaderMap, name: &str, own: Option<&[u8]>) -> Option<HeaderValue> {
     let mut list: Vec<u8> = Vec::new();
-    let sent = incoming.get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes().trim_ascii());
-    for item in sent.chain(peer.map(HeaderValue::as_bytes)).filter(|v| !v.is_empty()) {
+    let sent = incoming.get_all(name).iter().map(|v| v.as_bytes().trim_ascii());
+    for item in sent.chain(own).filter(|v| !v.is_empty()) {
         if !list.is_empty() {
             list.extend_from_slice(b", ");
         }
@@ -96,10 +111,48 @@ fn appended_for(incoming: &HeaderMap, peer: Option<&HeaderValue>) -> Option<Head
     HeaderValue::from_bytes(&list).ok().filter(|v| !v.is_empty())
 }
 
+/// hawser's own `Forwarded` element (RFC 7239 §4): `for` the peer (an IPv6 address quoted and
+/// bracketed, §6), `proto`, and `host` when the routed host is a valid token or
+/// quoted-string (it always is once [`parse_host`](crate::edge::host::parse_host) accepted
+/// it: a name is a token, an IPv6 literal is quoted). No `for` without a peer address, as
+/// there is no `X-Forwarded-For` then either.
+fn forwarded_element(peer: Option<IpAddr>, proto: &str, host: Option<&HeaderValue>) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut element = Vec::with_capacity(96);
+    match peer {
+        Some(IpAddr::V4(ip)) => _ = write!(element, "for={ip};"),
+        Some(IpAddr::V6(ip)) => _ = write!(element, "for=\"[{ip}]\";"),
+        None => {}
+    }
+    element.extend_from_slice(b"proto=");
+    element.extend_from_slice(proto.as_bytes());
+    if let Some(host) = host.map(HeaderValue::as_bytes).filter(|h| !h.is_empty()) {
+        if host.iter().all(|&b| is_tchar(b)) {
+            element.extend_from_slice(b";host=");
+            element.extend_from_slice(host);
+        } else if host.iter().all(|&b| is_qdtext(b)) {
+            element.extend_from_slice(b";host=\"");
+            element.extend_from_slice(host);
+            element.push(b'"');
+        }
+    }
+    element
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9110 §5.6.4 `qdtext`: a quoted-string without escapes, which hawser never needs.
+fn is_qdtext(b: u8) -> bool {
+    matches!(b, b'\t' | b' ' | 0x21 | 0x23..=0x5B | 0x5D..=0x7E | 0x80..=0xFF)
+}
+
 /// Carries out `edits` on the request that goes upstream.
 pub fn apply(edits: Edits, upstream: &mut RequestHeader) -> pingora::Result<()> {
     if edits.strip {
-        upstream.remove_header(&header::FORWARDED);
+        upstream.remove_header(FORWARDED);
         upstream.remove_header(X_REAL_IP);
         // Usually there is none, and then this looks once and allocates nothing.
         while let Some(name) = upstream.headers.keys().find(|n| n.as_str().starts_with(X_FORWARDED_PREFIX)).cloned() {
@@ -112,6 +165,7 @@ pub fn apply(edits: Edits, upstream: &mut RequestHeader) -> pingora::Result<()> 
         (X_FORWARDED_PROTO, edits.proto),
         (X_FORWARDED_HOST, edits.host),
         (X_FORWARDED_PORT, edits.port),
+        (FORWARDED, edits.forwarded),
     ] {
         if let Some(value) = value {
             upstream.insert_header(name, value)?;
@@ -169,6 +223,7 @@ mod tests {
         Edits {
             strip: true,
             forwarded_for: Some(HeaderValue::from_static(peer)),
+            forwarded: HeaderValue::from_bytes(format!("for={peer};proto=http;host=a.test").as_bytes()).ok(),
             real_ip: Some(HeaderValue::from_static(peer)),
             proto: Some(HeaderValue::from_static("http")),
             host: Some(HeaderValue::from_static("a.test")),
@@ -194,7 +249,12 @@ mod tests {
         let e = edits(facts("10.1.2.3"), &trusted, &headers(CLAIMS));
         assert_eq!(
             e,
-            Edits { strip: false, forwarded_for: Some(HeaderValue::from_static("6.6.6.6, 10.1.2.3")), ..Edits::default() }
+            Edits {
+                strip: false,
+                forwarded_for: Some(HeaderValue::from_static("6.6.6.6, 10.1.2.3")),
+                forwarded: Some(HeaderValue::from_static("for=6.6.6.6;proto=https, for=10.1.2.3;proto=http;host=a.test")),
+                ..Edits::default()
+            }
         );
         // Several X-Forwarded-For lines are one list.
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]);
@@ -205,6 +265,31 @@ mod tests {
         assert_eq!(e, Edits { strip: false, ..ours("10.1.2.3") });
         let e = edits(facts("::1"), &trusted, &headers(&[("x-forwarded-proto", "https")]));
         assert_eq!((e.proto, e.forwarded_for.unwrap()), (None, HeaderValue::from_static("::1")));
+        // Several Forwarded lines are one list too; an empty one adds nothing.
+        let h = headers(&[("forwarded", "for=1.1.1.1"), ("forwarded", ""), ("forwarded", " for=2.2.2.2;proto=https ")]);
+        let e = edits(facts("10.1.2.3"), &trusted, &h);
+        assert_eq!(e.forwarded.unwrap(), "for=1.1.1.1, for=2.2.2.2;proto=https, for=10.1.2.3;proto=http;host=a.test");
+    }
+
+    #[test]
+    fn forwarded_elements_follow_rfc_7239() {
+        let element = |peer: Option<&str>, host: Option<&'static str>| {
+            let host = host.map(HeaderValue::from_static);
+            String::from_utf8(forwarded_element(peer.map(|p| p.parse().unwrap()), "http", host.as_ref())).unwrap()
+        };
+        assert_eq!(element(Some("192.0.2.7"), Some("a.test")), "for=192.0.2.7;proto=http;host=a.test");
+        // An IPv6 address is quoted and bracketed, and so is an IPv6 host (':' is not a tchar).
+        assert_eq!(element(Some("2001:db8::1"), Some("[::1]")), "for=\"[2001:db8::1]\";proto=http;host=\"[::1]\"");
+        assert_eq!(element(Some("::1"), Some("my_service-1")), "for=\"[::1]\";proto=http;host=my_service-1");
+        // No peer, no host: what is known is still said.
+        assert_eq!(element(None, None), "proto=http");
+        assert_eq!(element(Some("10.0.0.1"), Some("")), "for=10.0.0.1;proto=http");
+        // A host that is neither a token nor a plain quoted-string is left out, not escaped.
+        assert_eq!(element(Some("10.0.0.1"), Some("a\"b")), "for=10.0.0.1;proto=http");
+        assert_eq!(element(Some("10.0.0.1"), Some("a\\b")), "for=10.0.0.1;proto=http");
+        // The value edits() makes is a valid header value for every peer.
+        let e = edits(facts("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"), &[], &HeaderMap::new());
+        assert_eq!(e.forwarded.unwrap(), "for=\"[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]\";proto=http;host=a.test");
     }
 
     #[test]
@@ -212,6 +297,7 @@ mod tests {
         let e = edits(facts("::ffff:10.1.2.3"), &nets(&["10.0.0.0/8"]), &HeaderMap::new());
         assert!(!e.strip);
         assert_eq!(e.forwarded_for.unwrap(), "10.1.2.3");
+        assert_eq!(e.forwarded.unwrap(), "for=10.1.2.3;proto=http;host=a.test");
         let e = edits(facts("::ffff:192.0.2.1"), &[], &HeaderMap::new());
         assert_eq!(e.real_ip.unwrap(), "192.0.2.1");
     }
@@ -221,6 +307,7 @@ mod tests {
         let e = edits(Facts { peer: None, ..facts("10.1.2.3") }, &nets(&["0.0.0.0/0"]), &headers(CLAIMS));
         assert!(e.strip);
         assert_eq!((e.forwarded_for, e.real_ip), (None, None));
+        assert_eq!(e.forwarded.unwrap(), "proto=http;host=a.test");
     }
 
     #[test]
@@ -235,6 +322,7 @@ mod tests {
         got.sort();
         let want = [
             ("accept", "*/*"),
+            ("forwarded", "for=192.0.2.7;proto=http;host=a.test"),
             ("x-forwarded-for", "192.0.2.7"),
             ("x-forwarded-host", "a.test"),
             ("x-forwarded-port", "8080"),

@@ -13,12 +13,16 @@
 //!   tolerated, as RFC 3986 (`port = *DIGIT`) and nginx do, and means no port.
 //!
 //! The host comes back lower-cased and without its trailing dot, as [`RouteTable::lookup`]
-//! wants it, borrowed from the input when that is already its form (the common case).
+//! wants it, borrowed from the input when that is already its form (the common case). Whether
+//! there was a dot is kept beside it, for a caller that must not take `localhost.` for
+//! `localhost` (the admin guard: an absolute name may go to DNS instead of `/etc/hosts`), and
+//! [`HostPort::ip`] tells an IP literal from a name.
 //!
 //! [`RouteTable::lookup`]: crate::catalog::routes::RouteTable::lookup
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A parsed Host: the host to route on and the port, if one was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,19 @@ pub struct HostPort<'a> {
     /// Lower-case, no trailing dot; an IPv6 literal keeps its brackets.
     pub host: Cow<'a, str>,
     pub port: Option<u16>,
+    /// The name was written with a trailing dot (`example.com.`), which `host` has dropped.
+    pub trailing_dot: bool,
+}
+
+impl HostPort<'_> {
+    /// The address when the host is an IP literal: a dotted-quad IPv4 address (as `std`
+    /// reads one: no `127.1`, no octal) or a `[…]` IPv6 one; `None` for a name.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+            None => self.host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        }
+    }
 }
 
 /// Why a Host is refused (a 400).
@@ -69,20 +86,23 @@ const MAX_NAME: usize = 253;
 
 /// Parses a Host header value or a request-target's authority (see the module doc).
 pub fn parse_host(value: &[u8]) -> Result<HostPort<'_>, HostError> {
-    let (host, rest) = if value.first() == Some(&b'[') {
+    let (host, rest, trailing_dot) = if value.first() == Some(&b'[') {
         let end = value.iter().position(|&b| b == b']').ok_or(HostError::BadIpLiteral("no closing ']'"))?;
         let inner = std::str::from_utf8(&value[1..end]).map_err(|_| HostError::BadIpLiteral("not ASCII"))?;
-        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+        if inner.parse::<Ipv6Addr>().is_err() {
             return Err(HostError::BadIpLiteral("not an IPv6 address"));
         }
-        (&value[..=end], &value[end + 1..])
+        (&value[..=end], &value[end + 1..], false)
     } else {
         let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
         let (name, rest) = value.split_at(end);
         if let Some(&b) = name.iter().find(|&&b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))) {
             return Err(HostError::BadByte(b));
         }
-        let name = name.strip_suffix(b".").unwrap_or(name);
+        let (name, trailing_dot) = match name.strip_suffix(b".") {
+            Some(name) => (name, true),
+            None => (name, false),
+        };
         if name.is_empty() {
             return Err(HostError::Empty);
         }
@@ -92,7 +112,7 @@ pub fn parse_host(value: &[u8]) -> Result<HostPort<'_>, HostError> {
         if name.split(|&b| b == b'.').any(<[u8]>::is_empty) {
             return Err(HostError::EmptyLabel);
         }
-        (name, rest)
+        (name, rest, trailing_dot)
     };
     let port = parse_port(rest)?;
     // Only ASCII got this far.
@@ -102,7 +122,7 @@ pub fn parse_host(value: &[u8]) -> Result<HostPort<'_>, HostError> {
     } else {
         Cow::Borrowed(host)
     };
-    Ok(HostPort { host, port })
+    Ok(HostPort { host, port, trailing_dot })
 }
 
 /// `""`, `":"` (no port) or `":" 1*5DIGIT` up to 65535.
@@ -145,6 +165,25 @@ mod tests {
         assert_eq!(ok("[2001:DB8::1]"), ("[2001:db8::1]".into(), None));
         // An empty port is tolerated, as nginx does.
         assert_eq!(ok("a.test:"), ("a.test".into(), None));
+    }
+
+    #[test]
+    fn a_trailing_dot_is_dropped_but_told() {
+        assert!(parse_host(b"localhost.:80").unwrap().trailing_dot);
+        assert!(parse_host(b"127.0.0.1.").unwrap().trailing_dot);
+        assert!(!parse_host(b"localhost:80").unwrap().trailing_dot);
+        assert!(!parse_host(b"[::1]").unwrap().trailing_dot);
+    }
+
+    #[test]
+    fn ip_literals_are_told_from_names() {
+        let ip = |v: &str| parse_host(v.as_bytes()).unwrap().ip();
+        assert_eq!(ip("127.0.0.1:80"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(ip("[::1]:80"), Some(IpAddr::from(Ipv6Addr::LOCALHOST)));
+        assert_eq!(ip("[::FFFF:127.0.0.1]"), Some("::ffff:127.0.0.1".parse().unwrap()));
+        for name in ["localhost", "127.1", "0x7f.0.0.1", "127.0.0.1.1", "1.2.3"] {
+            assert_eq!(ip(name), None, "{name}");
+        }
     }
 
     #[test]
@@ -215,7 +254,8 @@ mod tests {
                     Some(p) => format!("{}:{p}", h.host),
                     None => h.host.to_string(),
                 };
-                prop_assert_eq!(parse_host(with_port.as_bytes()).unwrap(), h);
+                let again = parse_host(with_port.as_bytes()).unwrap();
+                prop_assert_eq!((again.host, again.port), (h.host, h.port));
             }
         }
     }
