@@ -146,8 +146,10 @@ impl ProxyHttp for HawserProxy {
         // nginx's send_timeout: a client that stops reading does not hold its answer forever.
         downstream.set_write_timeout(Some(self.send_timeout));
         // RFC 9112 §9.3.2: requests pipelined on a connection are answered in order. pingora
-        // drops them unless asked.
-        downstream.set_pipelining_enabled(true);
+        // drops them unless asked. Not behind an upgrade: what a client sends after it is
+        // tunnel data, which pingora would otherwise keep as the start of a next request.
+        let upgrade = downstream.is_upgrade_req();
+        downstream.set_pipelining_enabled(!upgrade);
         if let Some(h1) = downstream.as_http1().filter(|_| unchecked)
             && let Err(reject) = framing::check_head(&h1.get_headers_raw_bytes(), &self.limits)
         {
@@ -171,6 +173,12 @@ impl ProxyHttp for HawserProxy {
                 svc.metrics.in_flight.inc();
                 ctx.long_lived = streams::classify(req);
                 ctx.upstream_target = target.upstream_target(req);
+                // An upgrade without a body has nothing for clients.body_timeout to time: the
+                // next bytes from its client are tunnel data, read with the session's read
+                // timeout as soon as the backend's 101 passes (see upstream_response_filter).
+                if ctx.long_lived == Some(LongLived::Upgrade) && session.as_downstream_mut().is_body_empty() {
+                    session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
+                }
                 ctx.service = Some(svc);
                 Ok(false)
             }

@@ -19,7 +19,11 @@
 //!   the proxy). An HTTP/2 connection has none after its preface; pingora closes it after
 //!   `keepalive_timeout` without a stream.
 //! - The first head of a connection is checked by [`framing::check_head`] on the bytes as they
-//!   arrived, before pingora parses (and may rewrite) it; later heads are checked by the proxy.
+//!   arrived, before pingora parses (and may rewrite) it; later heads are checked by the proxy,
+//!   and measured here as they pass: one that grows past `max_header_size` without ending
+//!   fails the read, so pingora (which would buffer 1 MiB) closes the connection.
+//! - A refused first head is answered, then the close lingers (what the client sent after it
+//!   is read and dropped, bounded in bytes and time) so that the answer is not lost to a reset.
 //! - The phases are driven by the proxy: [`head_read`] when a request head was parsed,
 //!   [`request_done`] when its answer ended. A stream that is not an [`EdgeStream`] (there
 //!   is none today) is left alone.

@@ -4,8 +4,9 @@
 //! - [`conn`]: no connection is held without progress. The protocol choice (HTTP/1.x or h2c)
 //!   never waits for bytes that cannot come; a request head must arrive within
 //!   `clients.header_timeout`, an idle keep-alive connection is closed after
-//!   `clients.keepalive_timeout`, and beyond `clients.max_connections` a new connection is
-//!   closed at once while existing ones keep working.
+//!   `clients.keepalive_timeout`, a client that stops reading is dropped after
+//!   `clients.send_timeout`, and beyond `clients.max_connections` a new connection is closed at
+//!   once while existing ones keep working.
 //! - [`framing`]: an HTTP/1 request head is accepted only if every parser on the way would read
 //!   it the same way (one Host, one framing, no bare LF, no obs-fold, no NUL/CR in fields);
 //!   anything else is a 400 (431 and 414 for the size limits) and the connection is closed.
