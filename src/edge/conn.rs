@@ -376,8 +376,8 @@ impl EdgeStream {
         loop {
             // Read straight into the replay buffer: a connection that stalls holds only the
             // bytes it sent (no fixed read buffer in this future, which lives as long).
-            if self.replay.capacity() - self.replay.len() < 256 {
-                self.replay.reserve(if self.replay.is_empty() { 512 } else { self.replay.len() });
+            if self.replay.capacity() - self.replay.len() < 128 {
+                self.replay.reserve(if self.replay.is_empty() { 256 } else { self.replay.len() });
             }
             let read = self.inner.read_buf(&mut self.replay);
             let read = match self.clock.deadline() {
@@ -434,7 +434,8 @@ impl EdgeStream {
         if !matches!(tokio::time::timeout(LINGER, answer).await, Ok(Ok(()))) {
             return;
         }
-        let mut sink = [0u8; 1024];
+        // On the heap: a buffer in this future would be part of every connection's future.
+        let mut sink = vec![0u8; 1024];
         let mut left = LINGER_BYTES;
         let drain = async {
             while left > 0 {
