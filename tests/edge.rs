@@ -501,3 +501,51 @@ fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
     // keepalive_timeout is 1 s here; the 60 s header timeout must not be what closes it.
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
 }
+
+/// hawser's verdict on container `name` from `/api/containers`, once it has one.
+fn verdict(h: &Hawser, name: &str) -> serde_json::Value {
+    wait_until(&format!("a verdict on {name}"), SECS_10, || {
+        let r = admin_request(h.admin, "GET", "/api/containers", None).ok()?;
+        let all: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        all.as_array()?.iter().find(|c| c["container_name"] == name).cloned()
+    })
+}
+
+#[test]
+fn a_control_character_in_a_label_or_a_route_to_hawser_itself_is_refused_with_its_reason() {
+    let env = TestEnv::new("edge-labels");
+    let h = env.hawser(&format!("{}{CLIENT_LIMITS}", env.default_config()));
+    // CR LF in a label value would reach the health probe's request line.
+    let crlf = env.run(
+        ContainerSpec::new("crlf")
+            .hawser("enable", "true")
+            .hawser("host", "crlf.test")
+            .hawser("healthcheck.path", "/healthz\r\nX-Injected: 1"),
+    );
+    // A host-network container whose port is hawser's own listener: a loop.
+    let own = env.run(
+        ContainerSpec::new("own")
+            .network("host")
+            .hawser("enable", "true")
+            .hawser("host", "own.test")
+            .hawser("port", &h.addr.port().to_string())
+            .env("BIND", "127.0.0.1")
+            .env("PORTS", &free_port().to_string()),
+    );
+    let good = env.run(ContainerSpec::new("good").hawser("enable", "true").hawser("host", "good.test"));
+    env.wait_routed(&h, "good.test", "/", &good, SECS_10);
+
+    let v = verdict(&h, &crlf.name);
+    assert_eq!(v["routed"], false, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("healthcheck.path") && reason.contains("control character"), "{v}");
+    let v = verdict(&h, &own.name);
+    assert_eq!(v["routed"], false, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&h.addr.to_string()), "the reason names the listener: {v}");
+    for host in ["crlf.test", "own.test"] {
+        assert_eq!(get(h.addr, host, "/").unwrap().status, 404, "{host} must not be routed");
+    }
+    // The others are untouched.
+    assert_eq!(get(h.addr, "good.test", "/").unwrap().status, 200);
+}
