@@ -180,16 +180,22 @@ fn echoed(r: &Raw) -> Vec<String> {
 const CLAIMS: &str = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n\
                       X-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Prefix: /admin\r\n";
 
-#[test]
-fn forwarding_headers_from_an_untrusted_client_are_replaced() {
-    let env = TestEnv::new("edge-xff");
+/// What a backend behind hawser (with `extra_config`) received for a request that carries
+/// [`CLAIMS`], one header line per entry, and the port the client connected to.
+fn forwarded_claims(name: &str, extra_config: &str) -> (Raw, Vec<String>, String) {
+    let env = TestEnv::new(name);
     let c = web(&env, "echo", "fwd.test", "fwd");
-    let h = env.hawser(&env.default_config());
+    let h = env.hawser(&format!("{}{extra_config}", env.default_config()));
     env.wait_routed(&h, "fwd.test", "/", &c, SECS_10);
     let r = raw(&h, &format!("GET /headers HTTP/1.1\r\nHost: fwd.test\r\n{CLAIMS}Connection: close\r\n\r\n"));
     assert_eq!(r.code(), 200, "{}", r.body);
     let lines = echoed(&r);
-    let port = h.addr.port().to_string();
+    (r, lines, h.addr.port().to_string())
+}
+
+#[test]
+fn forwarding_headers_from_an_untrusted_client_are_replaced() {
+    let (r, lines, port) = forwarded_claims("edge-xff", "");
     for want in [
         "x-forwarded-for: 127.0.0.1",
         "x-real-ip: 127.0.0.1",
@@ -207,15 +213,7 @@ fn forwarding_headers_from_an_untrusted_client_are_replaced() {
 
 #[test]
 fn a_trusted_proxy_is_appended_to() {
-    let env = TestEnv::new("edge-xff-trusted");
-    let c = web(&env, "echo", "fwd.test", "fwd");
-    let config = format!("{}clients:\n  trusted_proxies: [\"127.0.0.1/32\"]\n", env.default_config());
-    let h = env.hawser(&config);
-    env.wait_routed(&h, "fwd.test", "/", &c, SECS_10);
-    let r = raw(&h, &format!("GET /headers HTTP/1.1\r\nHost: fwd.test\r\n{CLAIMS}Connection: close\r\n\r\n"));
-    assert_eq!(r.code(), 200, "{}", r.body);
-    let lines = echoed(&r);
-    let port = h.addr.port().to_string();
+    let (r, lines, port) = forwarded_claims("edge-xff-trusted", "clients:\n  trusted_proxies: [\"127.0.0.1/32\"]\n");
     for want in [
         "x-forwarded-for: 6.6.6.6, 127.0.0.1",
         "x-real-ip: 6.6.6.6",

@@ -52,7 +52,7 @@ pub struct ClientsSection {
     pub body_timeout: Option<Dur>,
     pub send_timeout: Option<Dur>,
     pub max_header_size: Option<Size>,
-    pub max_headers: Option<Count>,
+    pub max_headers: Option<Threshold>,
     pub max_uri_length: Option<Size>,
     pub max_connections: Option<MaxConnections>,
     pub trusted_proxies: Option<Vec<Cidr>>,
@@ -235,18 +235,6 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// A count, at least 1.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Count(pub u32);
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match u32::deserialize(d)? {
-            0 => Err(D::Error::custom("must be at least 1")),
-            n => Ok(Count(n)),
-        }
-    }
-}
-
 /// `auto` (derived from the file-descriptor limit) or a number of connections.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxConnections {
@@ -294,7 +282,7 @@ impl<'de> Deserialize<'de> for Ratio {
     }
 }
 
-/// A rise/fall count, at least 1.
+/// A count that must be at least 1: health-check rise/fall, clients.max_headers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold(pub u32);
 impl<'de> Deserialize<'de> for Threshold {
