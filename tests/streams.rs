@@ -78,6 +78,29 @@ impl Stream {
         Stream { head: String::from_utf8_lossy(&got[..end]).into_owned(), rest: got[end + 4..].to_vec(), s }
     }
 
+    /// Opens an upgraded connection (101). pingora 0.9 sometimes ends a tunnel right after
+    /// its 101, before either side sent a byte: its upstream task sees the request (no body)
+    /// and the response head both done and exits before switching to tunnelling (about one
+    /// tunnel in 60 here; see the session note of issue 10, for issue 12). These tests are
+    /// about timeouts and ejection, so such a tunnel is opened again, at most three times.
+    fn open_tunnel(h: &Hawser, request: &str) -> Stream {
+        for attempt in 1..=3 {
+            let mut s = Stream::open(h, request);
+            assert_eq!(s.status(), "101", "{}\nhawser log:\n{}", s.head, h.log());
+            s.s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 256];
+            match s.s.read(&mut buf) {
+                Ok(0) => eprintln!("a tunnel ended right after its 101 (pingora's race), attempt {attempt} of 3"),
+                Ok(n) => {
+                    s.rest.extend_from_slice(&buf[..n]);
+                    return s;
+                }
+                Err(_) => return s,
+            }
+        }
+        panic!("three tunnels in a row ended right after their 101\nhawser log:\n{}", h.log());
+    }
+
     fn status(&self) -> &str {
         self.head.split(' ').nth(1).unwrap_or("")
     }
@@ -218,8 +241,7 @@ fn event_streams_outlive_read_timeout_and_their_end_ejects_nobody() {
 /// and the client body timeout, another echo, then idle until hawser closes it.
 fn upgraded_tunnel(h: &Hawser, i: usize) -> Duration {
     let request = format!("GET /upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-    let mut s = Stream::open(h, &request);
-    assert_eq!(s.status(), "101", "{}\nhawser log:\n{}", s.head, h.log());
+    let mut s = Stream::open_tunnel(h, &request);
     let echo = |s: &mut Stream, text: &str| {
         s.s.write_all(text.as_bytes()).expect("write into the tunnel");
         s.s.set_read_timeout(Some(SECS_5)).unwrap();
@@ -259,8 +281,7 @@ fn an_upgraded_connection_outlives_read_timeout_and_its_idle_end_ejects_nobody()
 /// lasted after the client's last byte; panics if it closed while the client was talking.
 fn one_way_tunnel(h: &Hawser, i: usize, talk: Duration) -> Duration {
     let request = format!("GET /upgrade?echo=0 HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-    let mut s = Stream::open(h, &request);
-    assert_eq!(s.status(), "101", "{}\nhawser log:\n{}", s.head, h.log());
+    let mut s = Stream::open_tunnel(h, &request);
     let t0 = Instant::now();
     s.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut buf = [0u8; 64];
