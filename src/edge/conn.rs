@@ -485,10 +485,19 @@ impl AsyncRead for EdgeStream {
                     return Poll::Pending;
                 };
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
+                // Every answer moves the deadline later; re-arming the timer for each would
+                // cost a timer-wheel update per request. An armed timer that fires early is
+                // re-armed then; only an earlier deadline re-arms it at once.
+                loop {
+                    if timer.deadline() > deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    ready!(timer.as_mut().poll(cx));
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                     timer.as_mut().reset(deadline);
                 }
-                ready!(timer.as_mut().poll(cx));
                 let why = this.clock.expire();
                 debug!("client connection closed: {}", why.as_str());
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.as_str())))
