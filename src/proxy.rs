@@ -36,6 +36,7 @@ use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
 use crate::streams::{self, LongLived};
+use pingora::protocols::http::v1::common::is_expect_continue_req;
 
 /// Bound on candidates looked at per selection: enough to walk past every disabled entry of a
 /// weighted service (weights are capped at 1000, services are small).
@@ -81,6 +82,9 @@ pub struct RequestCtx {
     backend: Option<Arc<BackendLive>>,
     /// The request was refused by hawser (its head, or its body's size): the answer says why.
     refused: Option<Reject>,
+    /// The host the request was routed on, as `X-Forwarded-Host` and `Forwarded` state it
+    /// (the client's Host bytes, shared, when they are already that).
+    routed_host: Option<http::HeaderValue>,
     /// The request-target the backend gets when it is not the client's: the normalised path
     /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
     /// target was already that.
@@ -131,6 +135,7 @@ impl ProxyHttp for HawserProxy {
             retries: 0,
             backend: None,
             refused: None,
+            routed_host: None,
             upstream_target: None,
             long_lived: None,
         }
@@ -173,6 +178,7 @@ impl ProxyHttp for HawserProxy {
                 svc.metrics.in_flight.inc();
                 ctx.long_lived = streams::classify(req);
                 ctx.upstream_target = target.upstream_target(req);
+                ctx.routed_host = target.host_value();
                 // An upgrade without a body has nothing for clients.body_timeout to time: the
                 // next bytes from its client are tunnel data, read with the session's read
                 // timeout as soon as the backend's 101 passes (see upstream_response_filter).
@@ -242,7 +248,7 @@ impl ProxyHttp for HawserProxy {
         }
         let facts = Facts {
             peer: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
-            host: routed_host_value(req),
+            host: ctx.routed_host.clone(),
             port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
             proto: "http",
         };
@@ -267,7 +273,7 @@ impl ProxyHttp for HawserProxy {
         // nginx answers `Expect: 100-continue` itself once it wants the body; so does hawser,
         // now that the request is routed and within its limits. The backend is not asked
         // (see upstream_request_filter), so no second 100 reaches the client.
-        if expects_continue(session.req_header()) && !session.as_downstream_mut().is_body_empty() {
+        if is_expect_continue_req(session.req_header()) && !session.as_downstream_mut().is_body_empty() {
             session.as_downstream_mut().write_continue_response().await?;
         }
         Ok(true)
@@ -468,11 +474,6 @@ impl ProxyHttp for HawserProxy {
     }
 }
 
-/// RFC 9110 §10.1.1: an HTTP/1.1 request that waits for `100 Continue` before its body.
-fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
 
 const TOO_LARGE: Reject =
     Reject { status: 413, reason: std::borrow::Cow::Borrowed("the request body is larger than the service's max_body_size") };
@@ -500,6 +501,8 @@ fn client_host(req: &pingora::http::RequestHeader) -> &str {
 struct RoutingTarget<'r> {
     /// `None` only for a request that may name no host (HTTP/1.0 without Host).
     host: Option<HostPort<'r>>,
+    /// The Host header the host came from, if it did.
+    header: Option<&'r http::HeaderValue>,
     path: Cow<'r, str>,
     /// The request-target is in absolute-form (`GET http://host/path`).
     absolute: bool,
@@ -508,7 +511,7 @@ struct RoutingTarget<'r> {
 impl<'r> RoutingTarget<'r> {
     /// Reads the host and path, or says why the request is a 400.
     fn read(req: &'r RequestHeader) -> std::result::Result<Self, String> {
-        let host = request_host(req)?.map(|(host, _)| host);
+        let (host, header) = request_host(req)?.map_or((None, None), |(host, header)| (Some(host), header));
         if !req.raw_path_is_utf8() {
             return Err("the request target is not valid UTF-8: percent-encode its non-ASCII bytes".into());
         }
@@ -518,7 +521,17 @@ impl<'r> RoutingTarget<'r> {
         let raw = std::str::from_utf8(req.raw_path()).unwrap_or_default();
         let sent = if absolute { req.uri.path() } else { raw.split('?').next().unwrap_or_default() };
         let path = normalize(sent).map_err(|e| e.to_string())?;
-        Ok(RoutingTarget { host, path, absolute })
+        Ok(RoutingTarget { host, header, path, absolute })
+    }
+
+    /// The routed host as a header value: the client's Host bytes, shared rather than copied,
+    /// when they are the host as routed (no port, no upper case, no trailing dot).
+    fn host_value(&self) -> Option<http::HeaderValue> {
+        let host = self.host.as_ref()?;
+        match (self.header, &host.host) {
+            (Some(value), Cow::Borrowed(h)) if value.len() == h.len() => Some(value.clone()),
+            _ => http::HeaderValue::from_str(&host.host).ok(),
+        }
     }
 
     /// The origin-form target for the backend when it is not the client's own.
@@ -562,16 +575,6 @@ fn request_host(req: &RequestHeader) -> std::result::Result<Option<(HostPort<'_>
             Err(e) => Err(format!("invalid Host header {}: {e}", shown(h.as_bytes()))),
         },
         (None, None) => Ok(None),
-    }
-}
-
-/// The routed host as an `X-Forwarded-Host` value: the client's Host value itself, shared
-/// rather than copied, when that is already the routed form (the common case).
-fn routed_host_value(req: &RequestHeader) -> Option<http::HeaderValue> {
-    let (host, header) = request_host(req).ok()??;
-    match (header, &host.host) {
-        (Some(value), Cow::Borrowed(h)) if value.len() == h.len() => Some(value.clone()),
-        _ => http::HeaderValue::from_str(&host.host).ok(),
     }
 }
 
@@ -682,6 +685,11 @@ mod tests {
         let mut req = request("/", http::Version::HTTP_11, &["a.test"]);
         req.set_raw_path(b"/caf\xe9").unwrap();
         assert!(routing(&req).unwrap_err().contains("not valid UTF-8"));
+    }
+
+    /// The host value a request gets once routed; `None` when it names none or cannot be.
+    fn routed_host_value(req: &RequestHeader) -> Option<http::HeaderValue> {
+        RoutingTarget::read(req).ok()?.host_value()
     }
 
     #[test]
