@@ -24,3 +24,4 @@ pub mod passive;
 pub mod proxy;
 pub mod runtime;
 pub mod streams;
+pub mod tls;

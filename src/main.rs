@@ -12,6 +12,10 @@ use hawser::edge::conn::EdgeApp;
 use hawser::health::HealthChecks;
 use hawser::proxy::HawserProxy;
 use hawser::runtime::Runtime;
+use hawser::edge::https::HttpsEdge;
+use hawser::tls::Tls;
+use hawser::tls::challenge::Challenges;
+use hawser::tls::files::FileCertificates;
 use pingora::prelude::{Opt, Server, background_service};
 
 /// mimalloc rather than glibc's malloc: pingora allocates about 110 times per proxied request
@@ -28,6 +32,8 @@ fn main() {
         std::process::exit(hawser::explain::run(args.collect()));
     }
 
+    // One rustls crypto provider (ring, as pingora's), before any TLS object exists.
+    hawser::tls::install_crypto_provider();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic in a background task does not stop the process: say it in the log, on one line
     // with where it happened, not only as a backtrace on stderr.
@@ -56,6 +62,16 @@ fn main() {
     // hawser read the file; pingora gets its part as a ServerConf, not the path.
     opt.conf = None;
 
+    // Certificates are read before the server starts: a TLS listener never serves an empty table.
+    let tls = (!config.tls.listen.is_empty()).then(|| {
+        let tls = Tls::new(&config.tls).unwrap_or_else(|e| {
+            eprintln!("hawser: invalid configuration: tls: {e}");
+            std::process::exit(1);
+        });
+        let files = FileCertificates::new(&config.tls, Arc::clone(&tls.store));
+        files.reload();
+        (tls, files)
+    });
     let config = Arc::new(config);
     let runtime = Runtime::new();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
@@ -67,10 +83,12 @@ fn main() {
     });
     let max_connections =
         config.clients.max_connections.unwrap_or_else(|| hawser::edge::conn::connection_budget(descriptors));
-    let mut app = pingora::proxy::http_proxy(
-        &server.configuration,
-        HawserProxy::new(Arc::clone(&runtime), config.access_log, &config.clients),
-    );
+    let challenges = Arc::new(Challenges::default());
+    let mut logic = HawserProxy::new(Arc::clone(&runtime), config.access_log, &config.clients);
+    if let Some(first) = config.tls.listen.first() {
+        logic = logic.with_https(HttpsEdge { challenges: Arc::clone(&challenges), port: first.port() });
+    }
+    let mut app = pingora::proxy::http_proxy(&server.configuration, logic);
     let mut options = pingora::apps::HttpServerOptions::default();
     // With h2c, hawser's connection layer tells HTTP/2 from HTTP/1.x by the first bytes.
     options.h2c = config.h2c;
@@ -83,6 +101,7 @@ fn main() {
     app.h2_options = Some(h2);
     // hawser's connection layer in front of pingora's: deadlines, the connection cap.
     let edge = EdgeApp::new(app, config.h2c, &config.clients, max_connections);
+    let tls_edge = tls.as_ref().map(|(tls, _)| edge.tls_twin(Arc::clone(&tls.acceptor)));
     let mut proxy = pingora::services::listening::Service::new("hawser proxy".to_string(), edge);
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
@@ -94,13 +113,36 @@ fn main() {
     ));
     // Accept requests only once the containers are known (see DockerWatcher).
     proxy.add_dependency(&docker);
+    let mut store = None;
+    if let (Some(tls_edge), Some((tls, files))) = (tls_edge, tls) {
+        // Plain TCP listeners: hawser's connection layer does the handshake (see hawser::tls).
+        let mut https = pingora::services::listening::Service::new("hawser proxy (TLS)".to_string(), tls_edge);
+        for addr in &config.tls.listen {
+            https.add_tcp(&addr.to_string());
+        }
+        let https = server.add_service(https);
+        https.add_dependency(&docker);
+        server.add_service(background_service("certificate files", files));
+        if let Some(acme) = &config.tls.acme {
+            server.add_service(background_service(
+                "acme",
+                hawser::tls::acme::AcmeManager::new(acme, Arc::clone(&tls.store), Arc::clone(&challenges), Arc::clone(&runtime)),
+            ));
+        }
+        store = Some(Arc::clone(&tls.store));
+    }
     server.add_service(background_service("health checks", HealthChecks::new(Arc::clone(&runtime))));
-    let mut admin = pingora::services::listening::Service::new("admin API".to_string(), AdminApi::new(runtime, &config.admin));
+    let mut admin_api = AdminApi::new(runtime, &config.admin);
+    if let Some(store) = store {
+        admin_api = admin_api.with_certificates(store);
+    }
+    let mut admin = pingora::services::listening::Service::new("admin API".to_string(), admin_api);
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     log::info!(
-        "hawser listening on {:?} with {} worker thread(s), at most {max_connections} client connections ({descriptors} file descriptors), admin API on {}",
+        "hawser listening on {:?} (TLS on {:?}) with {} worker thread(s), at most {max_connections} client connections ({descriptors} file descriptors), admin API on {}",
         config.listen,
+        config.tls.listen,
         server.configuration.threads,
         config.admin.listen
     );

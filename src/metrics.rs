@@ -33,6 +33,9 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub client_connections: IntGauge,
     client_closed: IntCounterVec,
+    tls_handshake_errors: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
+    acme_orders: IntCounterVec,
 }
 
 /// Why hawser closed a client connection on its own (see [`crate::edge::conn`]).
@@ -155,8 +158,39 @@ impl Metrics {
                 "Client connections hawser closed on its own, by reason: header_timeout, keepalive_timeout, over_limit, refused.",
                 &["reason"],
             ),
+            tls_handshake_errors: counter_vec(
+                "hawser_tls_handshake_errors_total",
+                "TLS handshakes that failed, by reason: timeout, no_certificate, protocol, closed.",
+                &["reason"],
+            ),
+            certificate_expiry: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hawser_certificate_expiry_seconds",
+                        "When the certificate served for each host expires, in unix seconds (subtract time() for the time left).",
+                    ),
+                    &["host"],
+                )
+                .expect("valid metric"),
+            ),
+            acme_orders: counter_vec(
+                "hawser_acme_orders_total",
+                "ACME certificate orders finished, by result: issued, failed.",
+                &["result"],
+            ),
             registry: r,
         }
+    }
+
+    /// The counter of TLS handshakes failed for `reason`, resolved once by its holder.
+    pub fn tls_handshake_error(&self, reason: crate::tls::HandshakeError) -> IntCounter {
+        self.tls_handshake_errors.with_label_values(&[reason.as_str()])
+    }
+
+    /// Counts one finished ACME order (`issued` or `failed`).
+    pub fn acme_order(&self, result: &str) {
+        self.acme_orders.with_label_values(&[result]).inc();
     }
 
     /// The counter of connections closed for `reason`, resolved once by its holder.
@@ -165,12 +199,17 @@ impl Metrics {
     }
 
     /// The text exposition, with backend states taken from `services` at this moment.
-    pub fn render(&self, services: &[ServiceView]) -> String {
+    /// `certificates`: each served host name with its certificate's expiry (unix seconds).
+    pub fn render(&self, services: &[ServiceView], certificates: &[(String, i64)]) -> String {
         // The admin API answers on several threads: one scrape at a time, or two could
         // interleave their reset and refill of the state gauge.
         static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
         self.backend_state.reset();
+        self.certificate_expiry.reset();
+        for (host, not_after) in certificates {
+            self.certificate_expiry.with_label_values(&[host.as_str()]).set(*not_after);
+        }
         for svc in services {
             for b in &svc.backends {
                 for state in BackendState::ALL {
@@ -261,15 +300,15 @@ mod tests {
         s.answered(503);
         s.answered(999);
         s.duration.observe(0.002);
-        let text = metrics().render(&[]);
+        let text = metrics().render(&[], &[]);
         assert!(text.contains(r#"hawser_requests_total{class="2xx",service="metrics-test"} 1"#), "{text}");
         assert!(text.contains(r#"hawser_requests_total{class="5xx",service="metrics-test"} 1"#), "{text}");
         s.remove();
-        assert!(!metrics().render(&[]).contains("metrics-test"));
+        assert!(!metrics().render(&[], &[]).contains("metrics-test"));
         let b = BackendMetrics::new("metrics-test", "c1");
         b.connect_errors.inc();
-        assert!(metrics().render(&[]).contains(r#"backend="c1""#));
+        assert!(metrics().render(&[], &[]).contains(r#"backend="c1""#));
         forget_backend("metrics-test", "c1");
-        assert!(!metrics().render(&[]).contains(r#"backend="c1""#));
+        assert!(!metrics().render(&[], &[]).contains(r#"backend="c1""#));
     }
 }

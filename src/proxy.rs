@@ -31,7 +31,9 @@ use crate::edge::conn;
 use crate::edge::forwarded::{self, Facts};
 use crate::edge::framing::{self, HeadLimits, Reject};
 use crate::edge::host::{HostPort, parse_host};
+use crate::edge::https::HttpsEdge;
 use crate::edge::path::normalize;
+use crate::tls::challenge;
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
@@ -54,6 +56,8 @@ pub struct HawserProxy {
     refused: prometheus::IntCounter,
     /// `clients.trusted_proxies`: peers whose forwarding headers are believed.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Challenges and redirects, when hawser has TLS listeners.
+    https: Option<HttpsEdge>,
 }
 
 impl HawserProxy {
@@ -67,7 +71,14 @@ impl HawserProxy {
             send_timeout: clients.send_timeout,
             refused: crate::metrics::metrics().client_closed(crate::metrics::ClientClose::Refused),
             trusted_proxies: clients.trusted_proxies.clone(),
+            https: None,
         }
+    }
+
+    /// With TLS listeners: answers ACME challenges, redirects to and marks HTTPS.
+    pub fn with_https(mut self, https: HttpsEdge) -> Self {
+        self.https = Some(https);
+        self
     }
 }
 
@@ -91,6 +102,8 @@ pub struct RequestCtx {
     upstream_target: Option<String>,
     /// Set for WebSocket and server-sent events: `stream_idle_timeout` applies.
     long_lived: Option<LongLived>,
+    /// The request came over TLS.
+    tls: bool,
 }
 
 impl HawserProxy {
@@ -138,6 +151,7 @@ impl ProxyHttp for HawserProxy {
             routed_host: None,
             upstream_target: None,
             long_lived: None,
+            tls: false,
         }
     }
 
@@ -155,6 +169,7 @@ impl ProxyHttp for HawserProxy {
         // tunnel data, which pingora would otherwise keep as the start of a next request.
         let upgrade = downstream.is_upgrade_req();
         downstream.set_pipelining_enabled(!upgrade);
+        ctx.tls = downstream.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Some(h1) = downstream.as_http1().filter(|_| unchecked)
             && let Err(reject) = framing::check_head(&h1.get_headers_raw_bytes(), &self.limits)
         {
@@ -172,7 +187,23 @@ impl ProxyHttp for HawserProxy {
             Err(why) => return Err(refuse(ctx, Reject::new(400, why))),
         };
         let host = target.host.as_ref().map_or("", |h| &h.host);
+        if let Some(https) = self.https.as_ref().filter(|_| !ctx.tls)
+            && target.path.starts_with(challenge::PREFIX)
+            && let Some(answer) = https.challenges.answer(&target.path)
+        {
+            debug!("ACME challenge answered for {host:?}");
+            respond_typed::<&str>(session, 200, answer, "application/octet-stream", &[]).await?;
+            return Ok(true);
+        }
         match self.runtime.route(host, &target.path) {
+            Some(svc) if !ctx.tls && self.https.is_some() && svc.site.load().redirect => {
+                let https = self.https.as_ref().expect("checked");
+                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = https.redirect_location(host, pq);
+                let body = format!("hawser: this site is served over HTTPS: {location}\n");
+                respond_typed(session, 308, body, "text/plain; charset=utf-8", &[("Location", location)]).await?;
+                Ok(true)
+            }
             Some(svc) => {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
@@ -250,7 +281,7 @@ impl ProxyHttp for HawserProxy {
             peer: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
             host: ctx.routed_host.clone(),
             port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
-            proto: "http",
+            proto: if ctx.tls { "https" } else { "http" },
         };
         forwarded::apply(forwarded::edits(facts, &self.trusted_proxies, &req.headers), upstream)
     }
@@ -320,6 +351,12 @@ impl ProxyHttp for HawserProxy {
             // A tunnel now: its client side is read with the session's read timeout, until
             // here clients.body_timeout, and a quiet WebSocket client is no stalled body.
             session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
+        }
+        if ctx.tls
+            && let Some(svc) = &ctx.service
+            && let Some(hsts) = &svc.site.load().hsts
+        {
+            upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.as_str())?;
         }
         if matches!(upstream_response.status.as_u16(), 502..=504) {
             self.backend_failed(ctx);
@@ -620,12 +657,23 @@ fn client_went_away(e: &Error) -> bool {
 
 /// A short plain-text response that hawser makes itself.
 async fn respond(session: &mut Session, status: u16, body: String, headers: &[(&'static str, &'static str)]) -> Result<()> {
+    respond_typed(session, status, body, "text/plain; charset=utf-8", headers).await
+}
+
+/// [`respond`] with any content type and header values (made at run time, e.g. `Location`).
+async fn respond_typed<V: TryInto<http::HeaderValue> + Clone>(
+    session: &mut Session,
+    status: u16,
+    body: String,
+    content_type: &'static str,
+    headers: &[(&'static str, V)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     for (name, value) in headers {
-        resp.insert_header(*name, *value)?;
+        resp.insert_header(*name, value.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(resp), head_only).await?;

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::routes::{HostPattern, RouteTable};
 use crate::catalog::{BackendPlan, Catalog, Change, Container, Environment, Gate, Probe, ServicePlan, Standing};
-use crate::config::{Config, HealthPolicy, ProxyPolicy};
+use crate::config::{Config, HealthPolicy, ProxyPolicy, SiteTls, UpstreamTls};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
 use crate::metrics::{ServiceMetrics, forget_backend, metrics};
 use crate::passive::{BackendLive, RetryBudget};
@@ -72,6 +72,10 @@ pub struct Service {
     pub name: String,
     pub lb: LoadBalancer<RoundRobin>,
     pub proxy: ProxyPolicy,
+    /// TLS at the edge (`tls`, `redirect`, `hsts`): labels may change it while the service lives.
+    pub site: ArcSwap<SiteTls>,
+    /// How the backends are spoken to (`scheme`, `server_name`); may change like `site`.
+    pub upstream: ArcSwap<UpstreamTls>,
     pub retry_budget: RetryBudget,
     pub metrics: ServiceMetrics,
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
@@ -89,6 +93,8 @@ impl Service {
             name: plan.name.clone(),
             lb,
             proxy: plan.proxy.clone(),
+            site: ArcSwap::from_pointee(plan.site.clone()),
+            upstream: ArcSwap::from_pointee(plan.upstream.clone()),
             retry_budget: RetryBudget::new(&plan.proxy.retry_budget),
             metrics: ServiceMetrics::new(&plan.name),
             snapshot,
@@ -250,6 +256,11 @@ impl Runtime {
         self.state().catalog.clone()
     }
 
+    /// Reads the current catalog without copying it.
+    pub fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        f(&self.state().catalog)
+    }
+
     /// Makes a whole new `catalog` live (start-up, resynchronisation). Must run inside a tokio
     /// runtime (new services spawn their updater).
     pub fn apply(&self, catalog: Catalog, cause: &Cause) {
@@ -348,7 +359,14 @@ impl Runtime {
                         routes_changed = true;
                         st.services.insert(name.clone(), Service::new(&plan));
                     }
-                    st.services[name].publish(snapshot, cause);
+                    let svc = &st.services[name];
+                    if **svc.site.load() != plan.site {
+                        svc.site.store(Arc::new(plan.site.clone()));
+                    }
+                    if **svc.upstream.load() != plan.upstream {
+                        svc.upstream.store(Arc::new(plan.upstream.clone()));
+                    }
+                    svc.publish(snapshot, cause);
                 }
                 None => {
                     if let Some(svc) = st.services.remove(name) {

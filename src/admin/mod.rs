@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /api/services` | services, their routes and backends with their states |
 //! | `GET /api/containers` | every container seen: routed, or why not |
+//! | `GET /api/certificates` | the certificate each TLS host gets: source, expiry, next renewal, last error |
 //! | `POST /api/backends/{container}/drain`, `…/undrain` | manual drain (id, short id or name) |
 //!
 //! With `admin.token` set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`;
@@ -28,9 +29,32 @@ use crate::config::AdminConfig;
 use guard::{Guard, RequestFacts};
 use crate::metrics::metrics;
 use crate::runtime::{DrainError, Runtime};
+use crate::tls::files::unix_to_text;
+use crate::tls::store::{CertStore, Source};
+
+/// One line of `GET /api/certificates`; times in RFC 3339 (UTC).
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateJson {
+    /// `null` for a certificate file that never loaded (its names are unknown).
+    pub host: Option<String>,
+    /// `file`, `acme` or `default`; `null` when nothing serves the host (handshakes refused).
+    pub source: Option<Source>,
+    pub not_after: Option<String>,
+    pub next_renewal: Option<String>,
+    pub error: Option<String>,
+    /// The service whose route asks TLS for this host (`null`: a file certificate's name no
+    /// route uses).
+    pub service: Option<String>,
+    /// The names of the certificate that serves the host.
+    pub names: Vec<String>,
+    /// Its file (or ACME storage path).
+    pub file: Option<String>,
+}
 
 pub struct AdminApi {
     runtime: Arc<Runtime>,
+    /// The TLS certificate table, when hawser has TLS listeners.
+    certificates: Option<Arc<CertStore>>,
     token: Option<String>,
     guard: Guard,
     listen: std::net::SocketAddr,
@@ -40,10 +64,38 @@ impl AdminApi {
     pub fn new(runtime: Arc<Runtime>, config: &AdminConfig) -> AdminApi {
         AdminApi {
             runtime,
+            certificates: None,
             token: config.token.clone(),
             guard: Guard::new(config.listen, config.token.is_some()),
             listen: config.listen,
         }
+    }
+
+    /// Shows the certificates of `store` in `/api/certificates`, the metrics and the page.
+    pub fn with_certificates(mut self, store: Arc<CertStore>) -> AdminApi {
+        self.certificates = Some(store);
+        self
+    }
+
+    /// Every TLS host with the certificate it gets (empty without TLS listeners).
+    pub fn certificates_view(&self) -> Vec<CertificateJson> {
+        let Some(store) = &self.certificates else { return Vec::new() };
+        let wanted = self.runtime.with_catalog(crate::catalog::tls::tls_hosts);
+        let hosts: Vec<String> = wanted.iter().map(|w| w.host.clone()).collect();
+        store
+            .view(&hosts)
+            .into_iter()
+            .map(|v| CertificateJson {
+                service: v.host.as_ref().and_then(|h| wanted.iter().find(|w| &w.host == h)).map(|w| w.service.clone()),
+                host: v.host,
+                source: v.source,
+                not_after: v.not_after.map(unix_to_text),
+                next_renewal: v.next_renewal.map(unix_to_text),
+                error: v.error,
+                names: v.names,
+                file: v.file,
+            })
+            .collect()
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -81,8 +133,11 @@ impl AdminApi {
             "/metrics" if read => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics().render(&self.runtime.services_view()).into_bytes(),
+                metrics()
+                    .render(&self.runtime.services_view(), &self.certificates.as_ref().map(|s| s.expiries()).unwrap_or_default())
+                    .into_bytes(),
             ),
+            "/api/certificates" if read => json(StatusCode::OK, &self.certificates_view()),
             "/api/services" if read => json(StatusCode::OK, &self.runtime.services_view()),
             "/api/containers" if read => json(StatusCode::OK, &self.runtime.containers_view()),
             "/" if read => (
@@ -91,7 +146,7 @@ impl AdminApi {
                 page::render(&self.runtime.services_view(), &self.runtime.containers_view(), self.runtime.docker_connected())
                     .into_bytes(),
             ),
-            "/healthz" | "/metrics" | "/api/services" | "/api/containers" | "/" => {
+            "/healthz" | "/metrics" | "/api/services" | "/api/containers" | "/api/certificates" | "/" => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "hawser admin: use GET\n")
             }
             _ => match drain_target(path) {

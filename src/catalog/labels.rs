@@ -20,6 +20,12 @@ pub struct Labels {
     pub network: Option<String>,
     pub weight: Option<usize>,
     pub health_path: Option<String>,
+    /// `tls`, `tls.redirect`, `tls.hsts`, `scheme`, `tls.server_name`: see [`super::tls`].
+    pub tls: Option<bool>,
+    pub redirect: Option<bool>,
+    pub hsts: Option<String>,
+    pub scheme: Option<crate::config::Scheme>,
+    pub server_name: Option<String>,
 }
 
 /// A label hawser could not use; the container carrying it is skipped.
@@ -38,7 +44,21 @@ impl fmt::Display for LabelError {
     }
 }
 
-const KEYS: &[&str] = &["enable", "service", "host", "path", "port", "network", "weight", "healthcheck.path"];
+const KEYS: &[&str] = &[
+    "enable",
+    "service",
+    "host",
+    "path",
+    "port",
+    "network",
+    "weight",
+    "healthcheck.path",
+    "tls",
+    "tls.redirect",
+    "tls.hsts",
+    "scheme",
+    "tls.server_name",
+];
 
 impl Labels {
     /// Reads the labels under `prefix`. An unknown key under the prefix is an error too: a typo
@@ -77,6 +97,11 @@ impl Labels {
                     _ => return Err(fail(format!("weight must be a whole number from 1 to {MAX_WEIGHT}"))),
                 },
                 "healthcheck.path" => out.health_path = Some(parse_path_prefix(v).map_err(fail)?),
+                "tls" => out.tls = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
+                "tls.redirect" => out.redirect = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
+                "tls.hsts" => out.hsts = Some(crate::config::tls::parse_hsts(v).map_err(fail)?),
+                "scheme" => out.scheme = Some(crate::config::Scheme::parse(v).map_err(fail)?),
+                "tls.server_name" => out.server_name = Some(crate::config::tls::parse_server_name(v).map_err(fail)?),
                 _ => return Err(fail(format!("unknown label (known: {})", KEYS.join(", ")))),
             }
         }

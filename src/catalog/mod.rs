@@ -8,6 +8,7 @@ pub mod address;
 pub mod container;
 pub mod labels;
 pub mod routes;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ pub use container::{Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Pu
 pub use labels::{Labels, validate_service_name};
 use routes::{HostPattern, RouteKey};
 
-use crate::config::{CheckKind, Config, HealthPolicy, ProxyPolicy};
+use crate::config::{CheckKind, Config, HealthPolicy, ProxyPolicy, SiteTls, UpstreamTls};
 
 /// Docker Compose's service label: the default service name of a compose container.
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
@@ -41,6 +42,12 @@ pub struct ServicePlan {
     pub backends: Vec<BackendPlan>,
     pub health: HealthPolicy,
     pub proxy: ProxyPolicy,
+    /// TLS at the edge for this service's hosts (see [`tls`]).
+    pub site: SiteTls,
+    /// How hawser speaks to the backends.
+    pub upstream: UpstreamTls,
+    /// Which container's label set each TLS key (label-made services).
+    pub tls_set_by: tls::SetBy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,7 +365,22 @@ impl Catalog {
                 backends: Vec::new(),
                 health: config.health.clone(),
                 proxy: config.proxy.clone(),
+                site: SiteTls::default(),
+                upstream: UpstreamTls::default(),
+                tls_set_by: tls::SetBy::new(),
             });
+            // TLS settings before routes: a container that contradicts them claims nothing.
+            let (mut site, mut upstream, mut set_by) = (plan.site.clone(), plan.upstream.clone(), plan.tls_set_by.clone());
+            if let Err(reason) = tls::merge(&mut site, &mut upstream, &mut set_by, plan.from_config, prefix, &c.name, &cand.labels)
+                .and_then(|()| tls::supported(upstream.scheme))
+            {
+                if plan.routes.is_empty() && plan.backends.is_empty() && !plan.from_config {
+                    self.services.remove(&cand.service);
+                }
+                self.refuse(c, Some(&cand.service), Standing::Refused, reason);
+                continue;
+            }
+            (plan.site, plan.upstream, plan.tls_set_by) = (site, upstream, set_by);
             for route in &cand.claims {
                 if !plan.routes.contains(route) {
                     owners.insert(route.clone(), cand.service.clone());
@@ -526,6 +548,9 @@ fn yaml_plan(svc: &crate::config::ServiceConfig) -> ServicePlan {
         backends: Vec::new(),
         health: svc.health.clone(),
         proxy: svc.proxy.clone(),
+        site: svc.site.clone(),
+        upstream: svc.upstream.clone(),
+        tls_set_by: tls::SetBy::new(),
     }
 }
 

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub clients: ClientsSection,
+    pub tls: Option<TlsSection>,
     pub access_log: Option<AccessLogFormat>,
     /// pingora's own `ServerConf`, embedded as-is (threads, grace_period_seconds, pid_file, …).
     pub pingora: Option<pingora::server::configuration::ServerConf>,
@@ -118,6 +119,69 @@ pub struct ServiceSection {
     pub passive_ejection: Option<EjectionSection>,
     pub stream_idle_timeout: Option<Dur>,
     pub max_body_size: Option<Size>,
+    /// Serve this service's hosts over TLS (and order certificates with `tls.acme`).
+    pub tls: Option<bool>,
+    /// 308 from cleartext to https.
+    pub redirect: Option<bool>,
+    /// The Strict-Transport-Security value sent over TLS.
+    pub hsts: Option<Hsts>,
+    /// How hawser speaks to the backends.
+    pub scheme: Option<Scheme>,
+    /// SNI and verified name toward a TLS backend.
+    pub server_name: Option<ServerName>,
+}
+
+/// The `tls:` section: listeners, certificates from files, the default certificate, ACME.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Option<Vec<Listen>>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<CertPairSection>>,
+    pub directory: Option<Spanned<String>>,
+    pub default_certificate: Option<Spanned<DefaultCertificateSection>>,
+    pub acme: Option<Spanned<AcmeSection>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPairSection {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `self_signed`, `refuse`, or `{cert, key}`.
+#[derive(Debug, Clone)]
+pub enum DefaultCertificateSection {
+    SelfSigned,
+    Refuse,
+    Pair(CertPairSection),
+}
+
+impl<'de> Deserialize<'de> for DefaultCertificateSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Pair(CertPairSection),
+        }
+        match Raw::deserialize(d).map_err(|_| D::Error::custom("expected self_signed, refuse, or {cert: PATH, key: PATH}"))? {
+            Raw::Word(w) if w == "self_signed" => Ok(DefaultCertificateSection::SelfSigned),
+            Raw::Word(w) if w == "refuse" => Ok(DefaultCertificateSection::Refuse),
+            Raw::Word(w) => Err(D::Error::custom(format!("{w:?}: expected self_signed, refuse, or {{cert: PATH, key: PATH}}"))),
+            Raw::Pair(p) => Ok(DefaultCertificateSection::Pair(p)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    pub directory: AcmeDirectory,
+    pub email: Option<Email>,
+    pub storage: String,
+    pub ca_root: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +257,31 @@ macro_rules! parsed_newtype {
         }
     };
 }
+
+parsed_newtype!(
+    /// A Strict-Transport-Security value (`max-age=N`, optionally `includeSubDomains`, `preload`).
+    Hsts(String) = crate::config::tls::parse_hsts
+);
+
+parsed_newtype!(
+    /// `http`, `h2c`, `https` or `h2`.
+    Scheme(crate::config::tls::Scheme) = crate::config::tls::Scheme::parse
+);
+
+parsed_newtype!(
+    /// A DNS name or IP address for SNI and certificate verification toward a backend.
+    ServerName(String) = crate::config::tls::parse_server_name
+);
+
+parsed_newtype!(
+    /// The ACME directory URL (https://…).
+    AcmeDirectory(String) = crate::config::tls::parse_acme_directory
+);
+
+parsed_newtype!(
+    /// A contact e-mail address for the ACME account.
+    Email(String) = crate::config::tls::parse_email
+);
 
 parsed_newtype!(
     /// An `"ip:port"` to listen on.

@@ -4,6 +4,7 @@
 //! `conf/hawser.yaml`. Errors name the file, line, column and key, and carry a snippet.
 
 pub mod file;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use pingora::server::configuration::ServerConf;
 
 use crate::catalog::routes::{HostPattern, RouteKey};
 pub use file::{AccessLogFormat, AddressMode, CheckKind};
+pub use tls::{AcmeConfig, CertPair, DefaultCertificate, Scheme, SiteTls, TlsConfig, UpstreamTls};
 
 /// Everything hawser's runtime reads from configuration (pingora's own part is kept aside in
 /// [`Loaded::server`] because pingora takes ownership of it).
@@ -34,6 +36,8 @@ pub struct Config {
     pub access_log: AccessLogFormat,
     /// Timeouts and limits for client connections, and whose forwarding headers to believe.
     pub clients: ClientPolicy,
+    /// TLS listeners and certificates; empty `listen` when there is no `tls:` section.
+    pub tls: TlsConfig,
 }
 
 /// What hawser allows a client. Defaults are nginx's where nginx has one (see README
@@ -111,6 +115,8 @@ pub struct ServiceConfig {
     pub selector: Option<Selector>,
     pub health: HealthPolicy,
     pub proxy: ProxyPolicy,
+    pub site: SiteTls,
+    pub upstream: UpstreamTls,
 }
 
 /// Containers matching every given criterion join the service, even without routing labels.
@@ -414,6 +420,12 @@ impl Loaded {
                         max_body_size: s.max_body_size,
                     },
                 ),
+                site: SiteTls {
+                    tls: s.tls.unwrap_or(false),
+                    redirect: s.redirect.unwrap_or(false),
+                    hsts: s.hsts.map(|h| h.0),
+                },
+                upstream: UpstreamTls { scheme: s.scheme.map(|v| v.0).unwrap_or_default(), server_name: s.server_name.map(|n| n.0) },
             };
             services.insert(svc_name, svc);
         }
@@ -438,10 +450,27 @@ impl Loaded {
         server.grace_period_seconds.get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
         server.graceful_shutdown_timeout_seconds.get_or_insert(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
 
+        let located = |key: &str, message: String, at: Option<&serde_saphyr::Location>| {
+            let mut e = err(key, message);
+            if let Some(loc) = at {
+                e.line = Some(loc.line() as usize);
+                e.column = Some(loc.column() as usize);
+            }
+            e
+        };
+        let tls = tls::tls_config(f.tls, &located)?;
+        if tls.listen.is_empty() {
+            if let Some(svc) = services.values().find(|s| s.site.tls || s.site.redirect) {
+                return Err(err(
+                    &format!("services.{}.tls", svc.name),
+                    "serving over TLS needs a `tls:` section (tls.listen, certificates or acme)".into(),
+                ));
+            }
+        }
         let clients = client_policy(&f.clients);
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
         let h2c = f.h2c.unwrap_or(true);
-        Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log, clients }, server })
+        Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log, clients, tls }, server })
     }
 }
 

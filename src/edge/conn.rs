@@ -57,6 +57,7 @@ use super::framing::{self, HeadLimits, Reject};
 use crate::config::ClientPolicy;
 use crate::metrics::{ClientClose, metrics};
 use crate::proxy::HawserProxy;
+use crate::tls::HandshakeError;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -67,8 +68,16 @@ pub struct EdgeApp {
     timeouts: Timeouts,
     limits: HeadLimits,
     max_connections: usize,
-    open: AtomicUsize,
+    /// Shared by the cleartext and TLS listeners: one cap for all client connections.
+    open: Arc<AtomicUsize>,
     closed: [IntCounter; 4],
+    /// For the TLS listeners: the handshake is done here, inside the cap and the deadline.
+    tls: Option<EdgeTls>,
+}
+
+struct EdgeTls {
+    acceptor: Arc<pingora::listeners::tls::Acceptor>,
+    errors: [IntCounter; 4],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,8 +96,51 @@ impl EdgeApp {
             timeouts: Timeouts { header: clients.header_timeout, keepalive: clients.keepalive_timeout },
             limits: HeadLimits::from(clients),
             max_connections,
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             closed: ClientClose::ALL.map(|r| metrics().client_closed(r)),
+            tls: None,
+        }
+    }
+
+    /// The same application for TLS listeners: same proxy, same connection cap; each
+    /// connection's handshake is done with `acceptor` first.
+    pub fn tls_twin(&self, acceptor: Arc<pingora::listeners::tls::Acceptor>) -> EdgeApp {
+        EdgeApp {
+            proxy: Arc::clone(&self.proxy),
+            h2c: false,
+            timeouts: self.timeouts,
+            limits: self.limits,
+            max_connections: self.max_connections,
+            open: Arc::clone(&self.open),
+            closed: self.closed.clone(),
+            tls: Some(EdgeTls { acceptor, errors: HandshakeError::ALL.map(|r| metrics().tls_handshake_error(r)) }),
+        }
+    }
+
+    /// The TLS handshake, within `clients.header_timeout` from accept (a client that opens a
+    /// connection and sends no ClientHello is closed like one that sends no request).
+    async fn handshake(&self, tls: &EdgeTls, stream: Stream) -> Option<Stream> {
+        // The listener hands over its TCP stream boxed; the acceptor needs the concrete type.
+        let tcp = match stream.into_any().downcast::<pingora::protocols::l4::stream::Stream>() {
+            Ok(tcp) => *tcp,
+            Err(_) => {
+                log::error!("TLS listener: not a TCP stream; connection closed");
+                return None;
+            }
+        };
+        match tokio::time::timeout(self.timeouts.header, tls.acceptor.tls_handshake(tcp)).await {
+            Ok(Ok(tls_stream)) => Some(Box::new(tls_stream)),
+            Ok(Err(e)) => {
+                let why = HandshakeError::classify(&e);
+                debug!("TLS handshake failed ({}): {e}", why.as_str());
+                tls.errors[why as usize].inc();
+                None
+            }
+            Err(_) => {
+                tls.errors[HandshakeError::Timeout as usize].inc();
+                self.count_close(ClientClose::HeaderTimeout);
+                None
+            }
         }
     }
 
@@ -105,8 +157,20 @@ impl ServerApp for EdgeApp {
             self.count_close(ClientClose::OverLimit);
             return None;
         };
+        let stream = match &self.tls {
+            None => stream,
+            Some(tls) => self.handshake(tls, stream).await?,
+        };
+        let h2 = stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2);
         let mut stream = EdgeStream::new(stream, self.timeouts, self.limits.max_header_size);
-        match stream.choose_protocol(self.h2c, &self.limits).await {
+        let chosen = if h2 {
+            // HTTP/2 by ALPN: pingora's HTTP/2 connection has its own idle timeout.
+            stream.clock.phase.store(BUSY, Ordering::Release);
+            Ok(())
+        } else {
+            stream.choose_protocol(self.h2c, &self.limits).await
+        };
+        match chosen {
             Ok(()) => {}
             Err(Unusable::Refused(reject)) => {
                 self.count_close(ClientClose::Refused);

@@ -22,4 +22,5 @@ pub mod conn;
 pub mod forwarded;
 pub mod framing;
 pub mod host;
+pub mod https;
 pub mod path;
