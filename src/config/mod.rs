@@ -316,7 +316,11 @@ impl Loaded {
             let mut key = String::new();
             serde_saphyr::with_deserializer_from_str(text, |de| {
                 serde_path_to_error::deserialize(de).map_err(|e| {
-                    key = e.path().to_string();
+                    // `Spanned` values add a `value` step that is not in the file.
+                    key = e.path().to_string().replace(".value.", ".");
+                    if let Some(k) = key.strip_suffix(".value") {
+                        key = k.to_string();
+                    }
                     e.into_inner()
                 })
             })

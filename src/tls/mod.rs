@@ -110,21 +110,29 @@ impl HandshakeError {
         }
     }
 
-    /// Classifies pingora's handshake error by its root cause.
+    /// Classifies pingora's handshake error. pingora flattens rustls' error into its own
+    /// error's text (the root cause is not the `rustls::Error`), so the text decides when
+    /// the cause is not an I/O error of the socket.
     pub fn classify(e: &pingora::Error) -> HandshakeError {
-        let Some(io) = e.root_cause().downcast_ref::<std::io::Error>() else {
-            return HandshakeError::Protocol;
-        };
-        if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            return match tls {
-                rustls::Error::General(m) if m.contains("no server certificate") => HandshakeError::NoCertificate,
-                rustls::Error::AlertReceived(_) => HandshakeError::Closed,
-                _ => HandshakeError::Protocol,
-            };
+        if let Some(io) = e.root_cause().downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return match tls {
+                    rustls::Error::General(m) if m.contains("no server certificate") => HandshakeError::NoCertificate,
+                    rustls::Error::AlertReceived(_) => HandshakeError::Closed,
+                    _ => HandshakeError::Protocol,
+                };
+            }
+            if io.kind() != std::io::ErrorKind::InvalidData {
+                return HandshakeError::Closed;
+            }
         }
-        match io.kind() {
-            std::io::ErrorKind::InvalidData => HandshakeError::Protocol,
-            _ => HandshakeError::Closed,
+        let text = e.to_string();
+        if text.contains("no server certificate") {
+            HandshakeError::NoCertificate
+        } else if text.contains("received fatal alert") || text.contains("eof") || text.contains("reset") || text.contains("Broken pipe") {
+            HandshakeError::Closed
+        } else {
+            HandshakeError::Protocol
         }
     }
 }

@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod recorder;
+pub mod tls;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
