@@ -154,7 +154,9 @@ fn explain(args: &Args) -> Result<String, (i32, String)> {
     };
     let found = find(&containers, who).map_err(|e| (EXIT_UNKNOWN, e))?;
     let services: Vec<ServiceView> = target.get_json("/api/services").map_err(unreachable)?;
-    Ok(render_detail(found, &services))
+    // Without TLS listeners (or from an older hawser) there are none: nothing to show.
+    let certificates: Vec<CertificateView> = target.get_json("/api/certificates").unwrap_or_default();
+    Ok(render_detail(found, &services, &certificates))
 }
 
 /// Where to ask, and with which token.
@@ -488,8 +490,37 @@ fn render_table(containers: &[ContainerView]) -> String {
     out
 }
 
-/// One container in detail, with its backend entries from `/api/services`.
-fn render_detail(c: &ContainerView, services: &[ServiceView]) -> String {
+/// One line of `/api/certificates`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct CertificateView {
+    host: Option<String>,
+    source: Option<String>,
+    not_after: Option<String>,
+    next_renewal: Option<String>,
+    error: Option<String>,
+    service: Option<String>,
+}
+
+impl CertificateView {
+    fn describe(&self) -> String {
+        let mut out = format!("{}: {}", or_dash(self.host.as_deref()), self.source.as_deref().unwrap_or("none (handshakes refused)"));
+        if let Some(t) = &self.not_after {
+            out.push_str(&format!(", valid until {t}"));
+        }
+        if let Some(t) = &self.next_renewal {
+            out.push_str(&format!(", next renewal {t}"));
+        }
+        if let Some(e) = &self.error {
+            out.push_str(&format!(", error: {}", e.replace(['\n', '\r'], " ")));
+        }
+        out
+    }
+}
+
+/// One container in detail, with its backend entries from `/api/services` and the
+/// certificates of its service's hosts from `/api/certificates`.
+fn render_detail(c: &ContainerView, services: &[ServiceView], certificates: &[CertificateView]) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("container", or_dash(Some(&c.container_name)).to_string()),
         ("id", or_dash(Some(&c.container_id)).to_string()),
@@ -521,6 +552,11 @@ fn render_detail(c: &ContainerView, services: &[ServiceView]) -> String {
             if !b.container_name.is_empty() && b.container_name != c.container_name {
                 rows.push(("as", b.container_name.clone()));
             }
+        }
+    }
+    if let Some(service) = &c.service {
+        for cert in certificates.iter().filter(|v| v.service.as_ref() == Some(service)) {
+            rows.push(("certificate", cert.describe()));
         }
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
@@ -649,10 +685,26 @@ mod tests {
                 state: "ready".into(),
             }],
         }];
-        let d = render_detail(&c, &services);
-        assert!(d.contains("id:        abc123\n"), "{d}");
-        assert!(d.contains("routed:    yes\n"), "{d}");
-        assert!(d.contains("backend:   172.18.0.2:80 (weight 3, state ready) of service web\n"), "{d}");
-        assert!(d.contains("routes:    web.test/\n"), "{d}");
+        let certificates = vec![
+            CertificateView {
+                host: Some("web.test".into()),
+                source: Some("acme".into()),
+                not_after: Some("2027-01-01T00:00:00Z".into()),
+                next_renewal: Some("2026-12-01T00:00:00Z".into()),
+                error: Some("CA down\nretrying".into()),
+                service: Some("web".into()),
+            },
+            CertificateView { host: Some("other.test".into()), service: Some("other".into()), ..CertificateView::default() },
+        ];
+        let d = render_detail(&c, &services, &certificates);
+        assert!(d.contains("id:          abc123\n"), "{d}");
+        assert!(d.contains("routed:      yes\n"), "{d}");
+        assert!(d.contains("backend:     172.18.0.2:80 (weight 3, state ready) of service web\n"), "{d}");
+        assert!(d.contains("routes:      web.test/\n"), "{d}");
+        assert!(
+            d.contains("certificate: web.test: acme, valid until 2027-01-01T00:00:00Z, next renewal 2026-12-01T00:00:00Z, error: CA down retrying\n"),
+            "{d}"
+        );
+        assert!(!d.contains("other.test"), "{d}");
     }
 }

@@ -143,7 +143,12 @@ impl AdminApi {
             "/" if read => (
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                page::render(&self.runtime.services_view(), &self.runtime.containers_view(), self.runtime.docker_connected())
+                page::render(
+                    &self.runtime.services_view(),
+                    &self.runtime.containers_view(),
+                    self.runtime.docker_connected(),
+                    &self.certificates_view(),
+                )
                     .into_bytes(),
             ),
             "/healthz" | "/metrics" | "/api/services" | "/api/containers" | "/api/certificates" | "/" => {

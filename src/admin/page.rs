@@ -4,9 +4,10 @@
 
 use std::fmt::Write as _;
 
+use super::CertificateJson;
 use crate::runtime::{ContainerView, ServiceView};
 
-pub fn render(services: &[ServiceView], containers: &[ContainerView], docker_connected: bool) -> String {
+pub fn render(services: &[ServiceView], containers: &[ContainerView], docker_connected: bool, certificates: &[CertificateJson]) -> String {
     let mut h = String::with_capacity(8192);
     h.push_str(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
@@ -57,6 +58,28 @@ pub fn render(services: &[ServiceView], containers: &[ContainerView], docker_con
                     b.weight
                 );
             }
+        }
+        h.push_str("</table>\n");
+    }
+
+    if !certificates.is_empty() {
+        h.push_str("<h2>Certificates</h2>\n<table id=\"certificates\">\n<tr><th>Host</th><th>Service</th><th>Source</th><th>Valid until</th><th>Next renewal</th><th>Error</th></tr>\n");
+        for c in certificates {
+            let source = match c.source {
+                Some(s) => format!("{s:?}").to_ascii_lowercase(),
+                None => "none (handshakes refused)".to_string(),
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                esc(c.host.as_deref().or(c.file.as_deref()).unwrap_or("")),
+                esc(c.service.as_deref().unwrap_or("")),
+                esc(&source),
+                esc(c.not_after.as_deref().unwrap_or("")),
+                esc(c.next_renewal.as_deref().unwrap_or("")),
+                if c.error.is_some() { "unhealthy" } else { "" },
+                esc(c.error.as_deref().unwrap_or(""))
+            );
         }
         h.push_str("</table>\n");
     }
@@ -135,7 +158,19 @@ mod tests {
             reason: Some("exposes 80 and 443: set hawser.port".into()),
             state: None,
         }];
-        let html = render(&services, &containers, true);
+        let certificates = vec![CertificateJson {
+            host: Some("web.test".into()),
+            source: Some(crate::tls::store::Source::Acme),
+            not_after: Some("2027-01-01T00:00:00Z".into()),
+            next_renewal: None,
+            error: Some("<b>CA down</b>".into()),
+            service: Some("web".into()),
+            names: vec![],
+            file: None,
+        }];
+        let html = render(&services, &containers, true, &certificates);
+        assert!(html.contains("<td>web.test</td><td>web</td><td>acme</td><td>2027-01-01T00:00:00Z</td>"), "{html}");
+        assert!(html.contains("&lt;b&gt;CA down"), "{html}");
         assert!(html.contains("<td class=\"draining\">draining</td>"), "{html}");
         assert!(html.contains("x&lt;script&gt;"));
         assert!(!html.contains("x<script>"));
