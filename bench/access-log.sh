@@ -2,7 +2,7 @@
 # What the access log costs: three hawser processes in front of the same backend container,
 # one per access_log format (off, text, json; the log goes to a file), driven in turn by the
 # same wrk load, interleaved (off text json, off text json, ...) so that drift hits all alike.
-# Prints per format: requests/s and hawser's CPU time per request (utime+stime from /proc over
+# Prints per format: requests/s and hawser's CPU time per request, user and system apart (utime, stime from /proc over
 # the runs / requests), then the ratio to `off`.
 #
 #   bench/access-log.sh            # 3 rounds of 5 s per format, about 1 minute
@@ -78,19 +78,20 @@ for fmt in off text json; do
     exit 1
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A REQS TICKS SECS
-for fmt in off text json; do REQS[$fmt]=0; TICKS[$fmt]=0; SECS[$fmt]=0; done
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # utime stime
+declare -A REQS UTICKS STICKS SECS
+for fmt in off text json; do REQS[$fmt]=0; UTICKS[$fmt]=0; STICKS[$fmt]=0; SECS[$fmt]=0; done
 for round in $(seq "$ROUNDS"); do
     for fmt in off text json; do
-        before=$(cpu_ticks "${PID[$fmt]}")
+        read -r u0 s0 <<<"$(cpu_ticks "${PID[$fmt]}")"
         out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -H 'Host: bench.test' "http://127.0.0.1:${PORT[$fmt]}/")
-        after=$(cpu_ticks "${PID[$fmt]}")
+        read -r u1 s1 <<<"$(cpu_ticks "${PID[$fmt]}")"
         n=$(awk '/requests in/ {print $1}' <<<"$out")
         bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
         [[ -z "$bad" ]] || { echo "$fmt: $bad non-2xx answers" >&2; exit 1; }
         REQS[$fmt]=$((REQS[$fmt] + n))
-        TICKS[$fmt]=$((TICKS[$fmt] + after - before))
+        UTICKS[$fmt]=$((UTICKS[$fmt] + u1 - u0))
+        STICKS[$fmt]=$((STICKS[$fmt] + s1 - s0))
         SECS[$fmt]=$((SECS[$fmt] + SECONDS_PER_RUN))
         echo "# round $round $fmt: $n requests" >&2
     done
@@ -99,10 +100,10 @@ done
 hz=$(getconf CLK_TCK)
 for fmt in off text json; do
     lines=$(wc -l <"$TMP/$fmt.access")
-    awk -v f="$fmt" -v r="${REQS[$fmt]}" -v t="${TICKS[$fmt]}" -v s="${SECS[$fmt]}" -v hz="$hz" \
-        -v r0="${REQS[off]}" -v t0="${TICKS[off]}" -v lines="$lines" 'BEGIN {
-        us = t / hz * 1e6 / r; us0 = t0 / hz * 1e6 / r0
-        printf "access_log=%s requests_per_s=%.0f cpu_us_per_request=%.1f vs_off_rps=%.3f vs_off_cpu=%.3f log_lines=%d\n",
-            f, r / s, us, r / r0, us / us0, lines
+    awk -v f="$fmt" -v r="${REQS[$fmt]}" -v u="${UTICKS[$fmt]}" -v k="${STICKS[$fmt]}" -v s="${SECS[$fmt]}" -v hz="$hz" \
+        -v r0="${REQS[off]}" -v t0="$((UTICKS[off] + STICKS[off]))" -v lines="$lines" 'BEGIN {
+        uu = u / hz * 1e6 / r; ku = k / hz * 1e6 / r; us = uu + ku; us0 = t0 / hz * 1e6 / r0
+        printf "access_log=%s requests_per_s=%.0f cpu_us_per_request=%.1f user_us=%.1f sys_us=%.1f vs_off_rps=%.3f vs_off_cpu=%.3f log_lines=%d\n",
+            f, r / s, us, uu, ku, r / r0, us / us0, lines
     }'
 done

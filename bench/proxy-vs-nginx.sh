@@ -37,7 +37,9 @@
 #   req/s           sum of requests / sum of wrk's measured durations
 #   p50_ms, p99_ms  from wrk's --latency distribution: the MEDIAN over rounds of each round's value
 #   cpu_us_per_req  proxy utime+stime (/proc/PID/stat, 1/CLK_TCK resolution) read just before and
-#                   just after each run, summed over rounds / sum of requests. nginx: master plus
+#                   just after each run, summed over rounds / sum of requests; user_us and sys_us
+#                   are its two parts (system-call cost differs about 2x between machines, so
+#                   compare ratios measured in one run). nginx: master plus
 #                   all its worker processes (its children); hawser, HAProxy: the one process (all
 #                   threads). The client (wrk) and the backends are not counted.
 #   peak_rss_mb     VmHWM from /proc/PID/status at the end (peak over the process's whole life,
@@ -338,15 +340,15 @@ read -r -a _w <<<"$PIDSET_NGINX"
 proc_pids() { # proxy -> the pids whose CPU/RSS count for it
     if [[ $1 == nginx ]]; then echo "$PIDSET_NGINX"; else echo "${PID[$1]}"; fi
 }
-cpu_ticks() { # pids... -> sum of utime+stime in clock ticks
-    local p sum=0 s
+cpu_ticks() { # pids... -> "utime stime", each summed over the pids, in clock ticks
+    local p user=0 sys=0 u s
     for p in "$@"; do
-        s=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') \
+        read -r u s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') \
             || die "process $p vanished during the benchmark"
         [[ -n $s ]] || die "process $p vanished during the benchmark"
-        sum=$((sum + s))
+        user=$((user + u)) sys=$((sys + s))
     done
-    echo "$sum"
+    echo "$user $sys"
 }
 hwm_kb() { # pids... -> sum of VmHWM in kB
     local p sum=0 s
@@ -393,7 +395,7 @@ to_secs() { # "3.00s" | "1.00m" | "900.00ms" -> seconds
 }
 
 # Results per key "proto:proxy": space-separated per-round values.
-declare -A R_REQS=() R_SECS=() R_TICKS=() R_P50=() R_P99=()
+declare -A R_REQS=() R_SECS=() R_UTICKS=() R_STICKS=() R_P50=() R_P99=()
 BAD_RUNS=0
 HZ=$(getconf CLK_TCK)
 
@@ -448,23 +450,24 @@ run_h2load() { # proxy seconds
 }
 
 measure() { # proto round proxy
-    local proto=$1 round=$2 px=$3 before after key pids
+    local proto=$1 round=$2 px=$3 u0 s0 u1 s1 key pids
     pids=$(proc_pids "$px")
-    before=$(cpu_ticks $pids)
+    read -r u0 s0 <<<"$(cpu_ticks $pids)"
     if [[ $proto == h1 ]]; then run_wrk "$px" "$SECS"; else run_h2load "$px" "$SECS"; fi
-    after=$(cpu_ticks $pids)
+    read -r u1 s1 <<<"$(cpu_ticks $pids)"
     [[ $px != nginx || "$(nginx_pids)" == "$PIDSET_NGINX" ]] \
         || die "nginx's worker processes changed during the run (a worker died?)"
     key="$proto:$px"
     R_REQS[$key]="${R_REQS[$key]:-} $REQS"
     R_SECS[$key]="${R_SECS[$key]:-} $SECS_RUN"
-    R_TICKS[$key]="${R_TICKS[$key]:-} $((after - before))"
+    R_UTICKS[$key]="${R_UTICKS[$key]:-} $((u1 - u0))"
+    R_STICKS[$key]="${R_STICKS[$key]:-} $((s1 - s0))"
     R_P50[$key]="${R_P50[$key]:-} $P50"
     R_P99[$key]="${R_P99[$key]:-} $P99"
-    awk -v r="$round" -v p="$proto" -v x="$px" -v n="$REQS" -v s="$SECS_RUN" -v t="$((after - before))" \
+    awk -v r="$round" -v p="$proto" -v x="$px" -v n="$REQS" -v s="$SECS_RUN" -v u="$((u1 - u0))" -v k="$((s1 - s0))" \
         -v hz="$HZ" -v a="$P50" -v b="$P99" -v bad="$BAD" 'BEGIN {
-        printf "# round %d %s %-8s requests=%d secs=%.2f req/s=%.0f p50_ms=%.3f p99_ms=%.3f cpu_ticks=%d cpu_us_per_req=%.1f bad=%d\n",
-            r, p, x, n, s, n / s, a, b, t, (n ? t / hz * 1e6 / n : 0), bad }' >&2
+        printf "# round %d %s %-8s requests=%d secs=%.2f req/s=%.0f p50_ms=%.3f p99_ms=%.3f user_us_per_req=%.1f sys_us_per_req=%.1f bad=%d\n",
+            r, p, x, n, s, n / s, a, b, (n ? u / hz * 1e6 / n : 0), (n ? k / hz * 1e6 / n : 0), bad }' >&2
     if ((BAD)); then
         note "WARNING: $proto $px round $round: $BAD non-2xx answers or socket errors"
         BAD_RUNS=$((BAD_RUNS + 1))
@@ -492,9 +495,9 @@ done
 declare -A RSS_KB=()
 for px in "${PROXIES[@]}"; do RSS_KB[$px]=$(hwm_kb $(proc_pids "$px")); done
 
-# Prints "rps p50 p99 cpu_us" for a key (medians of the per-round latencies).
+# Prints "rps p50 p99 cpu_us user_us sys_us" for a key (medians of the per-round latencies).
 aggregate() {
-    awk -v reqs="${R_REQS[$1]}" -v secs="${R_SECS[$1]}" -v ticks="${R_TICKS[$1]}" \
+    awk -v reqs="${R_REQS[$1]}" -v secs="${R_SECS[$1]}" -v uticks="${R_UTICKS[$1]}" -v sticks="${R_STICKS[$1]}" \
         -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v hz="$HZ" '
     function sum(s,   a, n, i, t) { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; return t }
     function median(s,   a, n, i, j, x) {
@@ -502,27 +505,28 @@ aggregate() {
         for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
     BEGIN {
-        r = sum(reqs); s = sum(secs); t = sum(ticks)
-        printf "%.1f %.3f %.3f %.2f\n", (s ? r / s : 0), median(p50), median(p99), (r ? t / hz * 1e6 / r : 0) }'
+        r = sum(reqs); s = sum(secs); u = sum(uticks); k = sum(sticks)
+        printf "%.1f %.3f %.3f %.2f %.2f %.2f\n", (s ? r / s : 0), median(p50), median(p99),
+            (r ? (u + k) / hz * 1e6 / r : 0), (r ? u / hz * 1e6 / r : 0), (r ? k / hz * 1e6 / r : 0) }'
 }
 
 print_table() { # proto suffix
-    local proto=$1 sfx=$2 px key base_rps="" base_cpu="" rps p50 p99 cpu
-    if [[ -n "${R_REQS[$proto:nginx]:-}" ]]; then read -r base_rps _ _ base_cpu <<<"$(aggregate "$proto:nginx")"; fi
-    printf '%-12s %9s %8s %8s %15s %12s %13s %13s\n' \
-        proxy req/s p50_ms p99_ms cpu_us_per_req peak_rss_mb rps_vs_nginx cpu_vs_nginx
+    local proto=$1 sfx=$2 px key base_rps="" base_cpu="" rps p50 p99 cpu user sys
+    if [[ -n "${R_REQS[$proto:nginx]:-}" ]]; then read -r base_rps _ _ base_cpu _ _ <<<"$(aggregate "$proto:nginx")"; fi
+    printf '%-12s %9s %8s %8s %15s %8s %8s %12s %13s %13s\n' \
+        proxy req/s p50_ms p99_ms cpu_us_per_req user_us sys_us peak_rss_mb rps_vs_nginx cpu_vs_nginx
     for px in "${PROXIES[@]}"; do
         key="$proto:$px"
         if [[ -z "${R_REQS[$key]:-}" ]]; then
-            printf '%-12s %9s %8s %8s %15s %12s %13s %13s\n' "$px$sfx" n/a - - - - - -
+            printf '%-12s %9s %8s %8s %15s %8s %8s %12s %13s %13s\n' "$px$sfx" n/a - - - - - - - -
             continue
         fi
-        read -r rps p50 p99 cpu <<<"$(aggregate "$key")"
-        awk -v px="$px$sfx" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v rss="${RSS_KB[$px]}" \
+        read -r rps p50 p99 cpu user sys <<<"$(aggregate "$key")"
+        awk -v px="$px$sfx" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v user="$user" -v sys="$sys" -v rss="${RSS_KB[$px]}" \
             -v brps="$base_rps" -v bcpu="$base_cpu" 'BEGIN {
             rr = (brps + 0 > 0) ? sprintf("%.3f", rps / brps) : "-"
             cr = (bcpu + 0 > 0) ? sprintf("%.3f", cpu / bcpu) : "-"
-            printf "%-12s %9.0f %8.3f %8.3f %15.1f %12.1f %13s %13s\n", px, rps, p50, p99, cpu, rss / 1024, rr, cr }'
+            printf "%-12s %9.0f %8.3f %8.3f %15.1f %8.1f %8.1f %12.1f %13s %13s\n", px, rps, p50, p99, cpu, user, sys, rss / 1024, rr, cr }'
     done
 }
 
