@@ -272,6 +272,7 @@ fn bad_tls_settings_are_named_by_file_line_and_key() {
         ("tls:\n  acme: {directory: \"https://ca.example/dir\"}\n".to_string(), "tls.acme", "storage".to_string()),
         ("tls:\n  acme: {directory: \"https://ca.example/dir\", storage: /tmp, email: nobody}\n".to_string(), "tls.acme.email", "e-mail".to_string()),
         ("services:\n  a: {hosts: [a.test], tls: true}\n".to_string(), "services.a.tls", "tls:".to_string()),
+        ("tls:\n  listen: [\"0.0.0.0:9900\"]\n".to_string(), "tls.listen", "overlaps 127.0.0.1:9900".to_string()),
         ("services:\n  a: {hosts: [a.test], hsts: \"max-age=x\"}\n".to_string(), "services.a.hsts", "max-age".to_string()),
         ("services:\n  a: {hosts: [a.test], scheme: ftp}\n".to_string(), "services.a.scheme", "https".to_string()),
     ];

@@ -463,6 +463,16 @@ impl Loaded {
             e
         };
         let tls = tls::tls_config(f.tls, &located)?;
+        // One socket cannot speak both: a TLS address that a cleartext one (or the admin API)
+        // also covers would fail to bind at start, after the configuration was called valid.
+        let overlaps = |a: &SocketAddr, b: &SocketAddr| {
+            a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for t in &tls.listen {
+            if let Some(other) = listen.iter().chain([&admin.listen]).find(|l| overlaps(t, l)) {
+                return Err(err("tls.listen", format!("{t} overlaps {other}, which serves cleartext (listen or admin.listen)")));
+            }
+        }
         if tls.listen.is_empty() {
             if let Some(svc) = services.values().find(|s| s.site.tls || s.site.redirect) {
                 return Err(err(
