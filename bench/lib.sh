@@ -24,6 +24,18 @@
 #   free_port VAR           sets VAR (e.g. PORT or 'PORT[nginx]') to a free loopback TCP port
 #                           below the ephemeral range, never the same one twice in a run (a
 #                           variable rather than output: $(...) would forget what it handed out)
+#   run_load WHAT CMD...    runs a load client in the background until it ends, with its pid in
+#                           LOAD_PID meanwhile (for the caller's cleanup to stop); its output is
+#                           in $TMP/load.out; dies naming WHAT when it fails
+#   to_ms V / to_secs V     a duration as wrk prints it ("612.00us", "1.23ms", "2.00s", "1.00m")
+#                           in milliseconds / seconds
+#   wrk_figures FILE        reads the output of `wrk --latency`; sets REQS, SECS_RUN, P50, P99
+#                           (ms) and BAD (answers >= 400 plus socket errors)
+#   h2load_figures FILE LOG reads h2load's output and its --log-file; sets the same variables
+#                           (BAD: failed or errored requests plus 3xx-5xx answers)
+#   proc_cpu_ticks PID...   "USER SYSTEM": utime and stime (/proc/PID/stat, in 1/CLK_TCK)
+#                           summed over the pids; dies when one is gone
+#   machine_facts           CPU model, CPU count, kernel and load average, one "key: value" a line
 
 # shellcheck disable=SC2034 # the callers use them
 bench_names() {
@@ -142,4 +154,83 @@ free_port() {
         return 0
     done
     die "found no free port"
+}
+
+run_load() {
+    local what=$1
+    shift
+    "$@" >"$TMP/load.out" 2>&1 </dev/null &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "$what failed"; }
+    LOAD_PID=""
+}
+
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) ; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+to_secs() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /ms$/) n /= 1000; else if (v ~ /m$/) n *= 60; else if (v ~ /h$/) n *= 3600
+        printf "%.3f", n }'
+}
+
+# shellcheck disable=SC2034 # the callers use them
+wrk_figures() {
+    local out non2xx errs
+    out=$(cat "$1")
+    REQS=$(awk '/ requests in / {print $1}' <<<"$out")
+    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
+    SECS_RUN=$(to_secs "$(awk '/ requests in / {sub(",", "", $4); print $4}' <<<"$out")")
+    P50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    P99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    # wrk counts answers with a status above 399 as "Non-2xx or 3xx responses".
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+    errs=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
+    BAD=$((${non2xx:-0} + ${errs:-0}))
+}
+
+# shellcheck disable=SC2034 # the callers use them
+h2load_figures() {
+    local out failed non2xx
+    out=$(cat "$1")
+    # "requests: 123 total, 123 started, 123 done, 120 succeeded, 3 failed, 0 errored, 0 timeout"
+    REQS=$(awk '/^requests:/ {print $8}' <<<"$out")
+    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse h2load's output"; }
+    # "finished in 3.00s, 41234.33 req/s, 1.23MB/s"
+    SECS_RUN=$(to_secs "$(awk '/^finished in/ {sub(",", "", $3); print $3}' <<<"$out")")
+    failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
+    non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
+    BAD=$((${failed:-0} + ${non2xx:-0}))
+    # The log's third column is each request's time in microseconds.
+    read -r P50 P99 < <(awk '{print $3}' "$2" | sort -n | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "0 0"; exit }
+        i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+}
+
+proc_cpu_ticks() {
+    local p f u=0 s=0
+    local -a a
+    for p in "$@"; do
+        # The command name (field 2) may hold spaces and parentheses: cut up to its last ')'.
+        f=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || f=""
+        [[ -n $f ]] || die "process $p vanished during the benchmark"
+        read -r -a a <<<"$f"
+        u=$((u + a[11])) s=$((s + a[12]))
+    done
+    echo "$u $s"
+}
+
+machine_facts() {
+    local model
+    model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null)
+    [[ -n $model ]] || model=$(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}')
+    echo "CPU: ${model:-unknown}"
+    echo "CPUs (nproc): $(nproc)"
+    echo "kernel: $(uname -srm)"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }

@@ -341,14 +341,7 @@ proc_pids() { # proxy -> the pids whose CPU/RSS count for it
     if [[ $1 == nginx ]]; then echo "$PIDSET_NGINX"; else echo "${PID[$1]}"; fi
 }
 cpu_ticks() { # pids... -> "utime stime", each summed over the pids, in clock ticks
-    local p user=0 sys=0 u s
-    for p in "$@"; do
-        read -r u s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') \
-            || die "process $p vanished during the benchmark"
-        [[ -n $s ]] || die "process $p vanished during the benchmark"
-        user=$((user + u)) sys=$((sys + s))
-    done
-    echo "$user $sys"
+    proc_cpu_ticks "$@"
 }
 hwm_kb() { # pids... -> sum of VmHWM in kB
     local p sum=0 s
@@ -381,72 +374,25 @@ if ((H2)); then
 fi
 
 # --- runs -----------------------------------------------------------------------------------
-to_ms() { # "612.00us" | "1.23ms" | "2.00s" | "1.00m" -> milliseconds
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) ; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
-}
-to_secs() { # "3.00s" | "1.00m" | "900.00ms" -> seconds
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /ms$/) n /= 1000; else if (v ~ /m$/) n *= 60; else if (v ~ /h$/) n *= 3600
-        printf "%.3f", n }'
-}
-
 # Results per key "proto:proxy": space-separated per-round values.
 declare -A R_REQS=() R_SECS=() R_UTICKS=() R_STICKS=() R_P50=() R_P99=()
 BAD_RUNS=0
 HZ=$(getconf CLK_TCK)
 
-# Runs a load client (COMMAND ARGS...) in the background, where cleanup can stop it, until it
-# ends; its output is in $TMP/load.out. WHAT names it in the error if it fails.
-run_load() { # what command args...
-    local what=$1
-    shift
-    "$@" >"$TMP/load.out" 2>&1 </dev/null &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || { LOAD_PID=""; cat "$TMP/load.out" >&2; die "$what failed"; }
-    LOAD_PID=""
-}
-
 # One wrk run; sets REQS SECS_RUN P50 P99 BAD (non-2xx + socket errors).
 run_wrk() { # proxy seconds
-    local out
     run_load "wrk against $1" wrk -t1 -c"$CONNECTIONS" -d"${2}s" --latency -H "Host: $HOST_HEADER" \
         "http://127.0.0.1:${PORT[$1]}/"
-    out=$(cat "$TMP/load.out")
-    REQS=$(awk '/ requests in / {print $1}' <<<"$out")
-    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
-    SECS_RUN=$(to_secs "$(awk '/ requests in / {sub(",", "", $4); print $4}' <<<"$out")")
-    P50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    P99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    local non2xx errs
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
-    errs=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
-    BAD=$((${non2xx:-0} + ${errs:-0}))
+    wrk_figures "$TMP/load.out"
 }
 
 # One h2load run; sets the same variables. p50/p99 from the per-request log (3rd column: µs).
 run_h2load() { # proxy seconds
-    local out log="$TMP/h2.log"
+    local log="$TMP/h2.log"
     rm -f "$log"
     run_load "h2load against $1" timeout $(($2 + 30)) h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$2" \
         -H ":authority: $HOST_HEADER" --log-file="$log" "http://127.0.0.1:${H2PORT[$1]}/"
-    out=$(cat "$TMP/load.out")
-    # "requests: 123 total, 123 started, 123 done, 120 succeeded, 3 failed, 0 errored, 0 timeout"
-    REQS=$(awk '/^requests:/ {print $8}' <<<"$out")
-    [[ $REQS =~ ^[0-9]+$ ]] || { echo "$out" >&2; die "cannot parse h2load's output"; }
-    # "finished in 3.00s, 41234.33 req/s, 1.23MB/s"
-    SECS_RUN=$(to_secs "$(awk '/^finished in/ {sub(",", "", $3); print $3}' <<<"$out")")
-    local failed non2xx
-    failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
-    non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
-    BAD=$((${failed:-0} + ${non2xx:-0}))
-    read -r P50 P99 < <(awk '{print $3}' "$log" | sort -n | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "0 0"; exit }
-        i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
-        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+    h2load_figures "$TMP/load.out" "$log"
 }
 
 measure() { # proto round proxy
