@@ -1,5 +1,14 @@
 //! Certificates from an ACME CA (RFC 8555) for the hosts routes ask TLS for.
 //! (Placeholder: the manager is being written; it orders nothing yet.)
+//!
+//! - [`schedule`]: when to renew (a third of the lifetime left, or the CA's ARI window) and
+//!   how long to wait after a failure (pure).
+//! - [`storage`]: the account and certificates on disk, Caddy's layout, written atomically.
+//! - [`lock`]: lock files, so that hawsers sharing a storage directory order once between them.
+
+pub mod lock;
+pub mod schedule;
+pub mod storage;
 
 use std::sync::Arc;
 
@@ -29,5 +38,26 @@ impl AcmeManager {
 impl BackgroundService for AcmeManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+    }
+}
+
+/// A directory for one unit test, removed when dropped (also when the test fails).
+#[cfg(test)]
+pub(crate) struct TestDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub(crate) fn new(name: &str) -> TestDir {
+        let d = std::env::temp_dir().join(format!("hawser-acme-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create a test directory");
+        TestDir(d)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
