@@ -5,8 +5,12 @@
 //!   how long to wait after a failure (pure).
 //! - [`storage`]: the account and certificates on disk, Caddy's layout, written atomically.
 //! - [`lock`]: lock files, so that hawsers sharing a storage directory order once between them.
+//! - [`order`]: the account and one HTTP-01 order, through instant-acme.
+//! - [`http`]: the HTTP client instant-acme gets, with a deadline and a size cap.
 
+pub mod http;
 pub mod lock;
+pub mod order;
 pub mod schedule;
 pub mod storage;
 
