@@ -20,6 +20,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod pebble;
 pub mod recorder;
 
 use std::collections::hash_map::RandomState;
