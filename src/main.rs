@@ -124,10 +124,13 @@ fn main() {
         https.add_dependency(&docker);
         server.add_service(background_service("certificate files", files));
         if let Some(acme) = &config.tls.acme {
-            server.add_service(background_service(
+            let acme = server.add_service(background_service(
                 "acme",
                 hawser::tls::acme::AcmeManager::new(acme, Arc::clone(&tls.store), Arc::clone(&challenges), Arc::clone(&runtime)),
             ));
+            // Orders only once the cleartext listener that answers their challenges is started
+            // (and the containers, hence the hosts that want TLS, are known).
+            acme.add_dependency(&proxy);
         }
         store = Some(Arc::clone(&tls.store));
     }

@@ -188,6 +188,14 @@ impl Metrics {
         self.tls_handshake_errors.with_label_values(&[reason.as_str()])
     }
 
+    /// Makes both `hawser_acme_orders_total` series exist, at 0, once ACME runs: a rate or an
+    /// alert on `failed` then works before the first failure.
+    pub fn acme_orders_init(&self) {
+        for result in ["issued", "failed"] {
+            let _ = self.acme_orders.with_label_values(&[result]);
+        }
+    }
+
     /// Counts one finished ACME order (`issued` or `failed`).
     pub fn acme_order(&self, result: &str) {
         self.acme_orders.with_label_values(&[result]).inc();

@@ -20,6 +20,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod pebble;
 pub mod recorder;
 pub mod tls;
 
