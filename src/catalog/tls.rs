@@ -68,10 +68,10 @@ pub fn merge(
                     "label {prefix}.{key}={value:?} contradicts the service's YAML settings ({key}: {yaml:?})"
                 ));
             }
-        } else if let Some((other, who)) = set_by.get(key) {
-            if other != value {
-                return Err(format!("label {prefix}.{key}={value:?} contradicts {prefix}.{key}={other:?} of container {who}"));
-            }
+        } else if let Some((other, who)) = set_by.get(key)
+            && other != value
+        {
+            return Err(format!("label {prefix}.{key}={value:?} contradicts {prefix}.{key}={other:?} of container {who}"));
         }
     }
     if from_config {

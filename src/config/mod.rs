@@ -473,13 +473,13 @@ impl Loaded {
                 return Err(err("tls.listen", format!("{t} overlaps {other}, which serves cleartext (listen or admin.listen)")));
             }
         }
-        if tls.listen.is_empty() {
-            if let Some(svc) = services.values().find(|s| s.site.tls || s.site.redirect) {
-                return Err(err(
-                    &format!("services.{}.tls", svc.name),
-                    "serving over TLS needs a `tls:` section (tls.listen, certificates or acme)".into(),
-                ));
-            }
+        if tls.listen.is_empty()
+            && let Some(svc) = services.values().find(|s| s.site.tls || s.site.redirect)
+        {
+            return Err(err(
+                &format!("services.{}.tls", svc.name),
+                "serving over TLS needs a `tls:` section (tls.listen, certificates or acme)".into(),
+            ));
         }
         let clients = client_policy(&f.clients);
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);

@@ -100,10 +100,10 @@ impl CertStore {
             if let Some(e) = table.exact.get(&name) {
                 return Some(Arc::clone(e));
             }
-            if let Some((_, parent)) = name.split_once('.') {
-                if let Some(e) = table.wildcard.get(parent) {
-                    return Some(Arc::clone(e));
-                }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(e) = table.wildcard.get(parent)
+            {
+                return Some(Arc::clone(e));
             }
         }
         self.default.clone()
@@ -152,12 +152,7 @@ impl CertStore {
 
     fn rebuild(&self, inputs: &Inputs) {
         let mut table = Table::default();
-        for (host, state) in &inputs.acme {
-            if let Some(e) = &state.cert {
-                table.exact.insert(host.clone(), Arc::clone(e));
-            }
-        }
-        // Files after ACME: they replace it. The latest expiry wins among files.
+        // Files first; the latest expiry wins among files.
         let mut by_name: HashMap<String, Arc<Entry>> = HashMap::new();
         for e in inputs.files.values() {
             for name in &e.cert.names {
@@ -174,6 +169,16 @@ impl CertStore {
                 Some(parent) => table.wildcard.insert(parent.to_string(), e),
                 None => table.exact.insert(name, e),
             };
+        }
+        // ACME only where no file serves the name, exactly or by a wildcard: a file is the
+        // user's explicit choice.
+        for (host, state) in &inputs.acme {
+            let by_wildcard = host.split_once('.').is_some_and(|(_, parent)| table.wildcard.contains_key(parent));
+            if let Some(e) = &state.cert
+                && !by_wildcard
+            {
+                table.exact.entry(host.clone()).or_insert_with(|| Arc::clone(e));
+            }
         }
         self.table.store(Arc::new(table));
     }
@@ -195,10 +200,10 @@ impl CertStore {
             let acme = inputs.acme.get(&host);
             let served = self.entry_for(Some(&host));
             let mut error = acme.and_then(|a| a.error.clone());
-            if let Some(e) = served.as_ref().filter(|e| e.source == Source::File) {
-                if let Some(why) = inputs.file_errors.get(&e.origin) {
-                    error = Some(why.clone());
-                }
+            if let Some(e) = served.as_ref().filter(|e| e.source == Source::File)
+                && let Some(why) = inputs.file_errors.get(&e.origin)
+            {
+                error = Some(why.clone());
             }
             let view = CertificateView {
                 host: Some(host.clone()),
@@ -313,5 +318,14 @@ mod tests {
         assert!(Arc::ptr_eq(&store.lookup(Some("a.test")).unwrap(), &acme.cert.key));
         store.retain_acme(|_| false);
         assert!(store.lookup(Some("a.test")).is_none());
+
+        // A wildcard file added later wins over an ACME certificate it covers.
+        let acme = entry(&["x.w.test"], Source::Acme, "acme");
+        store.set_acme("x.w.test", AcmeHost { cert: Some(Arc::clone(&acme)), next_renewal: None, error: None });
+        assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")).unwrap(), &acme.cert.key));
+        let wild = entry(&["*.w.test"], Source::File, "/w.crt");
+        store.set_files([("/w.crt".into(), Arc::clone(&wild))].into(), BTreeMap::new());
+        assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")).unwrap(), &wild.cert.key));
+        assert!(store.has_file_certificate("x.w.test"));
     }
 }

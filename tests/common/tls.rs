@@ -157,10 +157,13 @@ pub fn connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&str]) -> Result<Tls
     Ok(TlsConn { stream, presented })
 }
 
+/// Status, headers (lowercase names) and body.
+pub type Answer = (u16, Vec<(String, String)>, String);
+
 impl TlsConn {
     /// One HTTP/1.1 GET on this connection (kept alive): status, headers (lowercase names),
     /// body. The answer must carry Content-Length.
-    pub fn get(&mut self, host: &str, path: &str) -> Result<(u16, Vec<(String, String)>, String), String> {
+    pub fn get(&mut self, host: &str, path: &str) -> Result<Answer, String> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
         self.stream.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         self.stream.flush().map_err(|e| e.to_string())?;
