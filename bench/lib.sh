@@ -15,6 +15,9 @@
 #   bench_backend_image     compiles tests/support/backend.rs statically into a FROM-scratch
 #                           image $IMAGE labelled $RUN_LABEL=$RUN_ID, in $TMP/ctx; sets
 #                           IMAGE_BUILT=1 first, so that cleanup removes a half-built one too
+#   bench_backends [LABEL=VALUE...]   builds the backend image, creates network $NET and starts
+#                           $BACKENDS containers on it that join hawser's service `app` (plus
+#                           the given extra labels, unprefixed keys); sets NAMES and IPS
 #   bench_traps             runs the caller's `cleanup` on exit; INT and TERM exit 130 and 143
 #                           (through it)
 #   stop_pid PID SIG SECS   sends SIG to a process of this script, gives it SECS to exit, then
@@ -109,6 +112,33 @@ bench_backend_image() {
     docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
         || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
     note "backend image $IMAGE ($(secs_since "$t") s)"
+}
+
+bench_backends() {
+    local t=$EPOCHREALTIME i name ip kv
+    local -a extra=()
+    for kv in "$@"; do extra+=(--label "${PREFIX}.${kv}"); done
+    bench_backend_image
+    # shellcheck disable=SC2034 # read by the caller's cleanup
+    NET_CREATED=1
+    docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
+        || die "docker network create $NET failed"
+    NAMES=()
+    IPS=()
+    for ((i = 1; i <= BACKENDS; i++)); do
+        name="${PREFIX}-b${i}"
+        docker run -d --name "$name" --network "$NET" --label "${RUN_LABEL}=${RUN_ID}" \
+            --label "${PREFIX}.enable=true" --label "${PREFIX}.service=app" "${extra[@]}" \
+            -e "NAME=$name" "$IMAGE" </dev/null >/dev/null || die "docker run $name failed"
+        NAMES+=("$name")
+    done
+    for name in "${NAMES[@]}"; do
+        ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$name" </dev/null) \
+            || die "docker inspect $name failed"
+        [[ $ip =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "no IP for $name on $NET (got '$ip')"
+        IPS+=("$ip")
+    done
+    note "$BACKENDS backends (image $IMAGE, network $NET): ${IPS[*]} ($(secs_since "$t") s)"
 }
 
 bench_traps() {

@@ -183,29 +183,7 @@ note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (
 bench_hawser_binary
 
 # --- backends -----------------------------------------------------------------------------
-t=$EPOCHREALTIME
-bench_backend_image
-NET_CREATED=1
-docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
-    || die "docker network create $NET failed"
-NAMES=()
-IPS=()
-for ((i = 1; i <= BACKENDS; i++)); do
-    name="${PREFIX}-b${i}"
-    docker run -d --name "$name" --network "$NET" \
-        --label "${RUN_LABEL}=${RUN_ID}" \
-        --label "${PREFIX}.enable=true" --label "${PREFIX}.host=${HOST_HEADER}" \
-        --label "${PREFIX}.service=app" \
-        -e "NAME=$name" "$IMAGE" </dev/null >/dev/null || die "docker run $name failed"
-    NAMES+=("$name")
-done
-for name in "${NAMES[@]}"; do
-    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$name" </dev/null) \
-        || die "docker inspect $name failed"
-    [[ $ip =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "no IP for $name on $NET (got '$ip')"
-    IPS+=("$ip")
-done
-note "$BACKENDS backends (image $IMAGE, network $NET): ${IPS[*]} ($(secs_since "$t") s)"
+bench_backends "host=${HOST_HEADER}"
 
 # --- ports --------------------------------------------------------------------------------
 # Ports below the kernel's ephemeral range (which outgoing connections, e.g. the proxies' own
