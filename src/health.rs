@@ -113,14 +113,14 @@ async fn probe_loop(runtime: Arc<Runtime>, target: ProbeTarget) {
     let mut status = ProbeStatus::Starting;
     let (mut passes, mut failures) = (0u32, 0u32);
     let first = tokio::time::Instant::now();
-    let mut last_failure: Option<String> = None;
+    let mut last_failure: Option<ProbeFailure> = None;
     loop {
         let started = tokio::time::Instant::now();
         let failure = probe_once(&target).await.err();
         let ok = failure.is_none();
         // Before the state change, so that its log line can say why.
         if failure != last_failure {
-            runtime.probe_failure(&target, failure.clone());
+            runtime.probe_failure(&target, failure.as_ref());
             last_failure = failure;
         }
         if ok {
@@ -150,22 +150,40 @@ async fn probe_loop(runtime: Arc<Runtime>, target: ProbeTarget) {
     }
 }
 
+/// Why a probe failed, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub why: String,
+    /// The TLS handshake failed (a certificate that does not verify, a backend that does not
+    /// speak TLS): a configuration to fix rather than a backend still starting.
+    pub tls: bool,
+}
+
+impl ProbeFailure {
+    fn other(why: String) -> ProbeFailure {
+        ProbeFailure { why, tls: false }
+    }
+}
+
 /// One probe within the policy's timeout, or why it failed. HTTP passes on a 2xx or 3xx status.
-pub async fn probe_once(target: &ProbeTarget) -> Result<(), String> {
+pub async fn probe_once(target: &ProbeTarget) -> Result<(), ProbeFailure> {
     let attempt = async {
         if target.dial.is_tls() {
             let mut peer = target.dial.peer(target.addr, None);
             peer.options.connection_timeout = Some(target.policy.timeout);
-            let stream = connector().new_stream(&peer).await.map_err(|e| crate::upstream::describe_connect_error(&e))?;
-            exchange(stream, target).await
+            let stream = connector().new_stream(&peer).await.map_err(|e| ProbeFailure {
+                why: crate::upstream::describe_connect_error(&e),
+                tls: crate::upstream::is_tls_error(&e),
+            })?;
+            exchange(stream, target).await.map_err(ProbeFailure::other)
         } else {
-            let stream = TcpStream::connect(target.addr).await.map_err(|e| format!("cannot connect: {e}"))?;
-            exchange(stream, target).await
+            let stream = TcpStream::connect(target.addr).await.map_err(|e| ProbeFailure::other(format!("cannot connect: {e}")))?;
+            exchange(stream, target).await.map_err(ProbeFailure::other)
         }
     };
     match tokio::time::timeout(target.policy.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", target.policy.timeout)),
+        Err(_) => Err(ProbeFailure::other(format!("no answer within {:?}", target.policy.timeout))),
     }
 }
 
@@ -285,10 +303,10 @@ mod tests {
         });
         let http = target(addr, Probe::Http { path: "/healthz".into() });
         assert_eq!(probe_once(&http).await, Ok(()));
-        assert_eq!(probe_once(&http).await, Err("answered \"HTTP/1.1 500 Internal Server Error\"".into()));
+        assert_eq!(probe_once(&http).await, Err(ProbeFailure::other("answered \"HTTP/1.1 500 Internal Server Error\"".into())));
         server.await.unwrap();
         // Nothing listens there any more.
         let e = probe_once(&target(addr, Probe::Tcp)).await.unwrap_err();
-        assert!(e.starts_with("cannot connect: "), "{e}");
+        assert!(e.why.starts_with("cannot connect: ") && !e.tls, "{e:?}");
     }
 }

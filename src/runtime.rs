@@ -409,20 +409,29 @@ impl Runtime {
         self.state().targets.values().cloned().collect()
     }
 
-    /// Why the last probe of `target` failed (`None`: it passed), when that changed.
-    pub fn probe_failure(&self, target: &ProbeTarget, why: Option<String>) {
+    /// Why the last probe of `target` failed (`None`: it passed), when that changed. A failed
+    /// TLS handshake is said at warn, once per change: it is a configuration to fix (a name
+    /// or CA that does not match), which a backend still starting never shows.
+    pub fn probe_failure(&self, target: &ProbeTarget, failure: Option<&crate::health::ProbeFailure>) {
         let mut st = self.state();
         let key = target.key();
         // Only for a current target with these settings: a stale task must not speak for it.
         if st.targets.get(&key) != Some(target) {
             return;
         }
-        match why {
-            Some(why) => {
-                if target.dial.is_tls() && !st.probe_errors.contains_key(&key) {
-                    debug!("backend {} ({}) of service {}: {why}", target.container_name, target.addr, target.service);
+        match failure {
+            Some(f) => {
+                if f.tls {
+                    warn!(
+                        "backend {} ({}) of service {}: health check ({}) failed: {}",
+                        target.container_name,
+                        target.addr,
+                        target.service,
+                        target.dial.probe_words(&target.probe),
+                        f.why
+                    );
                 }
-                st.probe_errors.insert(key, why);
+                st.probe_errors.insert(key, f.why.clone());
             }
             None => {
                 st.probe_errors.remove(&key);

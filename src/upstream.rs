@@ -205,15 +205,20 @@ pub fn is_tls_error(e: &Error) -> bool {
     )
 }
 
-/// A connect error as an operator reads it: what failed, and rustls' own words for why
-/// (e.g. `certificate not valid for name "x"; certificate is only valid for ...`).
+/// A connect error as an operator reads it: what failed, toward which name, and rustls' own
+/// words for why (e.g. `invalid peer certificate: certificate not valid for name "x"; ...`).
 pub fn describe_connect_error(e: &Error) -> String {
-    let why = e.context.as_ref().map_or_else(|| e.to_string(), |c| c.as_str().to_string());
-    match e.etype() {
-        ErrorType::TLSHandshakeTimedout => format!("TLS handshake timed out: {why}"),
-        _ if is_tls_error(e) => format!("TLS handshake failed: {why}"),
-        _ => e.to_string().trim().to_string(),
-    }
+    let Some(context) = e.context.as_ref().map(|c| c.as_str()).filter(|_| is_tls_error(e)) else {
+        return e.to_string().trim().to_string();
+    };
+    // pingora 0.9 nests the handshake error's display in its context:
+    // "TLS connect() failed: <etype> context: tls connect error cause: <rustls>, SNI: <name>".
+    let (body, name) = match context.rsplit_once(", SNI: ") {
+        Some((body, name)) => (body, format!(" (server name {name})")),
+        None => (context, String::new()),
+    };
+    let why = body.rsplit_once(" cause: ").map_or(body, |(_, why)| why).trim();
+    format!("TLS handshake failed{name}: {why}")
 }
 
 #[cfg(test)]
@@ -320,6 +325,24 @@ mod tests {
         assert_eq!(files.get(&a).unwrap(), first);
         assert!(files.get(&dir.join("missing.pem")).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tls_errors_are_told_in_rustls_words() {
+        let context = "TLS connect() failed:  TLSHandshakeFailure context: tls connect error cause: invalid peer certificate: \
+                       certificate not valid for name \"w.test\"; certificate is only valid for DnsName(\"a.test\"), SNI: w.test";
+        let e = Error::explain(ErrorType::TLSHandshakeFailure, context);
+        assert!(is_tls_error(&e));
+        assert_eq!(
+            describe_connect_error(&e),
+            "TLS handshake failed (server name w.test): invalid peer certificate: certificate not valid for name \"w.test\"; \
+             certificate is only valid for DnsName(\"a.test\")"
+        );
+        let e = Error::explain(ErrorType::InvalidCert, "per-peer CA list is empty");
+        assert_eq!(describe_connect_error(&e), "TLS handshake failed: per-peer CA list is empty");
+        let e = Error::explain(ErrorType::ConnectRefused, "refused");
+        assert!(!is_tls_error(&e));
+        assert_eq!(describe_connect_error(&e), e.to_string().trim());
     }
 
     #[test]
