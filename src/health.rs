@@ -284,7 +284,7 @@ mod tests {
             probe,
             policy: HealthPolicy { timeout: Duration::from_millis(500), ..HealthPolicy::default() },
             host: "s.test".into(),
-            dial: crate::upstream::Dial::default(),
+            dial: Arc::default(),
         }
     }
 

@@ -50,8 +50,9 @@ pub struct ProbeTarget {
     pub policy: HealthPolicy,
     /// Host header for HTTP probes: the service's first exact host, else the address.
     pub host: String,
-    /// Cleartext or TLS, as the service's requests (see [`crate::upstream`]).
-    pub dial: Dial,
+    /// Cleartext or TLS, as the service's requests (see [`crate::upstream`]); shared by the
+    /// service's targets.
+    pub dial: Arc<Dial>,
 }
 
 pub type ProbeKey = (String, SocketAddr);
@@ -698,7 +699,7 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
         HostPattern::Exact(h) => Some(h.clone()),
         _ => None,
     });
-    let dial = dial_of(plan);
+    let dial = Arc::new(dial_of(plan));
     plan.backends
         .iter()
         .filter(|b| b.gate.is_none_or(|g| g.probe_anyway()))
@@ -711,7 +712,7 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
                 probe: b.probe.clone(),
                 policy: plan.health.clone(),
                 host: host.clone().unwrap_or_else(|| b.addr.to_string()),
-                dial: dial.clone(),
+                dial: Arc::clone(&dial),
             };
             (t.key(), t)
         })

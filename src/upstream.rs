@@ -73,7 +73,7 @@ impl CaBundle {
                 .add(der.clone())
                 .map_err(|e| format!("{}: cannot be a trusted root ({e})", which()))?;
             der.as_ref().hash(&mut hasher);
-            certs.push(WrappedX509::new(der.as_ref().to_vec(), |raw| parse_x509(raw)));
+            certs.push(WrappedX509::new(der.as_ref().to_vec(), parse_x509));
         }
         Ok(CaBundle { path: path.to_path_buf(), certs: Arc::from(certs), fingerprint: hasher.finish() })
     }
@@ -221,6 +221,36 @@ pub fn describe_connect_error(e: &Error) -> String {
     format!("TLS handshake failed{name}: {why}")
 }
 
+/// A CA bundle (one self-signed certificate) in a directory of its own, removed on drop: for
+/// the tests of every module that reads `ca`.
+#[cfg(test)]
+pub(crate) struct TestCa {
+    pub dir: PathBuf,
+    pub path: PathBuf,
+}
+
+#[cfg(test)]
+impl TestCa {
+    pub fn new(test: &str) -> TestCa {
+        let dir = std::env::temp_dir().join(format!("hawser-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, crate::tls::pem::self_signed(&[&format!("{test}.test")], 1).unwrap().0).unwrap();
+        TestCa { dir, path }
+    }
+
+    pub fn path_text(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,32 +307,19 @@ mod tests {
         assert_ne!(off.reuse_hash(), Dial::new(&https(None), &[]).peer(addr, None).reuse_hash());
     }
 
-    fn write_ca(dir: &Path, name: &str) -> PathBuf {
-        let (cert, _) = crate::tls::pem::self_signed(&[name], 1).unwrap();
-        let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, cert).unwrap();
-        path
-    }
-
-    fn scratch(test: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hawser-upstream-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn ca_bundles_are_checked_and_kept_apart_in_the_pool() {
-        let dir = scratch("ca");
-        let (a, b) = (write_ca(&dir, "a.test"), write_ca(&dir, "b.test"));
+        let (ca_a, ca_b) = (TestCa::new("upstream-ca-a"), TestCa::new("upstream-ca-b"));
+        let (a, b, dir) = (&ca_a.path, &ca_b.path, &ca_a.dir);
         let addr: SocketAddr = ADDR.parse().unwrap();
         let peer = |path: &Path| {
             let ca = CaBundle::load(path).unwrap();
             Dial::new(&UpstreamTls { ca: Some(ca), ..https(Some("x.test")) }, &[]).peer(addr, None)
         };
-        let (pa, pb) = (peer(&a), peer(&b));
+        let (pa, pb) = (peer(a), peer(b));
         assert_eq!(pa.get_ca().map(|c| c.len()), Some(1));
         assert_ne!(pa.reuse_hash(), pb.reuse_hash(), "connections verified with one bundle serve no other");
-        assert_eq!(pa.reuse_hash(), peer(&a).reuse_hash());
+        assert_eq!(pa.reuse_hash(), peer(a).reuse_hash());
 
         for (content, want) in [
             ("", "no certificate in it"),
@@ -316,15 +333,14 @@ mod tests {
         }
         let e = CaBundle::load(&dir.join("missing.pem")).unwrap_err();
         assert!(e.starts_with("cannot read ") && e.contains("missing.pem"), "{e}");
-        assert!(CaBundle::load(&dir).unwrap_err().contains("is not a file"));
+        assert!(CaBundle::load(dir).unwrap_err().contains("is not a file"));
 
         // Read once: a file replaced later is not read again.
         let files = CaFiles::default();
-        let first = files.get(&a).unwrap();
-        std::fs::write(&a, "replaced").unwrap();
-        assert_eq!(files.get(&a).unwrap(), first);
+        let first = files.get(a).unwrap();
+        std::fs::write(a, "replaced").unwrap();
+        assert_eq!(files.get(a).unwrap(), first);
         assert!(files.get(&dir.join("missing.pem")).is_err());
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -347,18 +363,17 @@ mod tests {
 
     #[test]
     fn inconsistent_settings_are_named() {
-        let ca = |dir: &Path| Some(CaBundle::load(&write_ca(dir, "c.test")).unwrap());
-        let dir = scratch("inconsistent");
+        let test_ca = TestCa::new("upstream-inconsistent");
+        let ca = || Some(CaBundle::load(&test_ca.path).unwrap());
         assert_eq!(UpstreamTls::default().inconsistency(), None);
         assert_eq!(https(Some("a.test")).inconsistency(), None);
         let plain_sni = UpstreamTls { server_name: Some("a.test".into()), ..UpstreamTls::default() };
         assert_eq!(plain_sni.inconsistency(), Some(("server_name", Inconsistency::NeedsTls)));
-        let plain_ca = UpstreamTls { ca: ca(&dir), ..UpstreamTls::default() };
+        let plain_ca = UpstreamTls { ca: ca(), ..UpstreamTls::default() };
         assert_eq!(plain_ca.inconsistency(), Some(("ca", Inconsistency::NeedsTls)));
         let plain_off = UpstreamTls { verify: false, ..UpstreamTls::default() };
         assert_eq!(plain_off.inconsistency(), Some(("tls_verify", Inconsistency::NeedsTls)));
-        let off_with_ca = UpstreamTls { verify: false, ca: ca(&dir), ..https(None) };
+        let off_with_ca = UpstreamTls { verify: false, ca: ca(), ..https(None) };
         assert_eq!(off_with_ca.inconsistency(), Some(("ca", Inconsistency::UnusedCa)));
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -14,13 +14,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::recorder::Recorder;
+use common::recorder::{LoopbackServer, Recorder};
 use common::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
@@ -36,9 +35,8 @@ struct Seen {
 /// An HTTPS/1.1 origin on 127.0.0.1 in this process. Answers every request `200` with
 /// `X-Backend: NAME` and the body `NAME PATH`; keeps connections alive.
 struct TlsOrigin {
-    addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
+    server: LoopbackServer,
 }
 
 impl TlsOrigin {
@@ -51,25 +49,14 @@ impl TlsOrigin {
             .with_single_cert(chain, key)
             .expect("the origin's certificate and key");
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port for a TLS origin");
-        let addr = listener.local_addr().unwrap();
-        let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-        let (s, st, n) = (Arc::clone(&seen), Arc::clone(&stop), name.to_string());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (config, s, n) = (Arc::clone(&config), Arc::clone(&s), n.clone());
-                std::thread::spawn(move || serve_tls(conn, config, &n, &s));
-            }
-        });
-        TlsOrigin { addr, seen, stop }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, n) = (Arc::clone(&seen), name.to_string());
+        let server = LoopbackServer::start("a TLS origin", move |conn| serve_tls(conn, Arc::clone(&config), &n, &s));
+        TlsOrigin { seen, server }
     }
 
     fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr.port()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -79,13 +66,6 @@ impl TlsOrigin {
     /// The SNIs of the requests for `path`.
     fn snis(&self, path: &str) -> Vec<Option<String>> {
         self.seen().into_iter().filter(|s| s.path == path).map(|s| s.sni).collect()
-    }
-}
-
-impl Drop for TlsOrigin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 

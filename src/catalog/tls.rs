@@ -219,11 +219,8 @@ mod tests {
 
     #[test]
     fn backend_tls_labels_are_checked_before_they_join() {
-        let dir = std::env::temp_dir().join(format!("hawser-catalog-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, crate::tls::pem::self_signed(&["ca.test"], 1).unwrap().0).unwrap();
-        let ca = ca.display().to_string();
+        let test_ca = crate::upstream::TestCa::new("catalog-tls");
+        let ca = test_ca.path_text();
         let files = CaFiles::default();
         let (mut site, mut up, mut by) = (SiteTls::default(), UpstreamTls::default(), SetBy::new());
         // A CA on a cleartext service would look verified and go in the clear: refused,
@@ -248,6 +245,5 @@ mod tests {
         let off = [("scheme", "https"), ("tls.verify", "no")];
         merge(&mut site, &mut up, &mut by, false, "hawser", "e", &labels(&off), &files).unwrap();
         assert!(!up.verify);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -765,11 +765,8 @@ pingora:
 
     #[test]
     fn backend_tls_settings_are_read_and_checked_at_load() {
-        let dir = std::env::temp_dir().join(format!("hawser-config-upstream-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, crate::tls::pem::self_signed(&["ca.test"], 1).unwrap().0).unwrap();
-        let ca = ca.display().to_string();
+        let test_ca = crate::upstream::TestCa::new("config-upstream");
+        let ca = test_ca.path_text();
         let svc = |keys: &str| format!("services:\n  api:\n    hosts: [api.test]\n{keys}");
         let c = load(&svc(&format!("    scheme: https\n    server_name: API.internal\n    ca: {ca}\n"))).unwrap();
         let up = &c.services["api"].upstream;
@@ -796,7 +793,6 @@ pingora:
         let e = load(&svc("    scheme: https\n    server_name: \"\"\n")).unwrap_err();
         assert_eq!(e.key, "services.api.server_name", "{e}");
         assert!(e.message.contains("verification off"), "{e}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
