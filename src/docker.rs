@@ -530,7 +530,7 @@ async fn own_environment(docker: &Docker) -> Environment {
         // A hostname can name another container by chance; the id must agree.
         if c.id.as_deref().is_some_and(|id| id.starts_with(candidate.as_str())) {
             let networks = c.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
-            return Environment { own_networks: networks };
+            return Environment { own_networks: networks, ..Environment::default() };
         }
     }
     Environment::default()

@@ -377,6 +377,8 @@ struct ContainerView {
 #[serde(default)]
 struct ServiceView {
     name: String,
+    /// `http` or `https`; empty from a hawser that predates it.
+    scheme: String,
     hosts: Vec<String>,
     path_prefix: String,
     routes: Vec<RouteView>,
@@ -549,6 +551,9 @@ fn render_detail(c: &ContainerView, services: &[ServiceView], certificates: &[Ce
             if !routes.is_empty() {
                 rows.push(("routes", routes.join(", ")));
             }
+            if !svc.scheme.is_empty() {
+                rows.push(("scheme", format!("{} toward the backends", svc.scheme)));
+            }
             if !b.container_name.is_empty() && b.container_name != c.container_name {
                 rows.push(("as", b.container_name.clone()));
             }
@@ -674,6 +679,7 @@ mod tests {
         let c = view("a", "abc123", true, None);
         let services = vec![ServiceView {
             name: "web".into(),
+            scheme: "https".into(),
             hosts: vec!["web.test".into()],
             path_prefix: "/".into(),
             routes: vec![RouteView { host: "web.test".into(), path_prefix: "/".into() }],
@@ -706,5 +712,6 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains("other.test"), "{d}");
+        assert!(d.contains("scheme:      https toward the backends\n"), "{d}");
     }
 }

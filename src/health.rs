@@ -4,17 +4,24 @@
 //! needs per-backend schedules: a new backend is probed every 10 ms for its first 2 s, so it
 //! goes live within about 10 ms of listening (see `starting_delay`), and it gets no traffic
 //! before its first probe passes (pingora starts new backends healthy). Results go to the
-//! runtime, which folds them into the service's enablement map.
+//! runtime, which folds them into the service's enablement map, with the reason of the last
+//! failure for the admin API.
+//!
+//! A TLS backend (`scheme: https`) is probed over TLS, through pingora's own connector and
+//! the peer [`crate::upstream::Dial`] builds for requests: same SNI, same verification, same
+//! roots. A TCP check of such a backend is a full TLS handshake.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use log::debug;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::server::ShutdownWatch;
+use pingora::server::configuration::ServerConf;
 use pingora::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -46,9 +53,20 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
+    /// `server` is pingora's configuration, whose `ca_file` (else the system's roots) the
+    /// proxy's connector trusts: TLS probes trust the same.
+    pub fn new(runtime: Arc<Runtime>, server: &ServerConf) -> Self {
+        let _ = CONNECTOR.set(TransportConnector::new(Some(ConnectorOptions::from_server_conf(server))));
         HealthChecks { runtime }
     }
+}
+
+/// One connector for every TLS probe, as the proxy has one for every request. Set by
+/// [`HealthChecks::new`]; pingora's defaults if a probe runs before (unit tests).
+static CONNECTOR: OnceLock<TransportConnector> = OnceLock::new();
+
+fn connector() -> &'static TransportConnector {
+    CONNECTOR.get_or_init(|| TransportConnector::new(None))
 }
 
 #[async_trait]
@@ -95,9 +113,16 @@ async fn probe_loop(runtime: Arc<Runtime>, target: ProbeTarget) {
     let mut status = ProbeStatus::Starting;
     let (mut passes, mut failures) = (0u32, 0u32);
     let first = tokio::time::Instant::now();
+    let mut last_failure: Option<ProbeFailure> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let ok = probe_once(&target).await;
+        let failure = probe_once(&target).await.err();
+        let ok = failure.is_none();
+        // Before the state change, so that its log line can say why.
+        if failure != last_failure {
+            runtime.probe_failure(&target, failure.as_ref());
+            last_failure = failure;
+        }
         if ok {
             passes += 1;
             failures = 0;
@@ -125,29 +150,72 @@ async fn probe_loop(runtime: Arc<Runtime>, target: ProbeTarget) {
     }
 }
 
-/// One probe within the policy's timeout. HTTP passes on a 2xx or 3xx status.
-pub async fn probe_once(target: &ProbeTarget) -> bool {
+/// Why a probe failed, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub why: String,
+    /// The TLS handshake failed (a certificate that does not verify, a backend that does not
+    /// speak TLS): a configuration to fix rather than a backend still starting.
+    pub tls: bool,
+}
+
+impl ProbeFailure {
+    fn other(why: String) -> ProbeFailure {
+        ProbeFailure { why, tls: false }
+    }
+}
+
+/// One probe within the policy's timeout, or why it failed. HTTP passes on a 2xx or 3xx status.
+pub async fn probe_once(target: &ProbeTarget) -> Result<(), ProbeFailure> {
     let attempt = async {
-        let mut stream = TcpStream::connect(target.addr).await.ok()?;
-        let Probe::Http { path } = &target.probe else { return Some(true) };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hawser-health-check\r\nConnection: close\r\n\r\n",
-            target.host
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        // The status line fits in the first read in practice; read until it is complete.
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 256];
-        while !buf.contains(&b'\n') && buf.len() < 4096 {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        if target.dial.is_tls() {
+            let mut peer = target.dial.peer(target.addr, None);
+            peer.options.connection_timeout = Some(target.policy.timeout);
+            let stream = connector().new_stream(&peer).await.map_err(|e| ProbeFailure {
+                why: crate::upstream::describe_connect_error(&e),
+                tls: crate::upstream::is_tls_error(&e),
+            })?;
+            exchange(stream, target).await.map_err(ProbeFailure::other)
+        } else {
+            let stream = TcpStream::connect(target.addr).await.map_err(|e| ProbeFailure::other(format!("cannot connect: {e}")))?;
+            exchange(stream, target).await.map_err(ProbeFailure::other)
         }
-        Some(status_ok(&buf))
     };
-    matches!(tokio::time::timeout(target.policy.timeout, attempt).await, Ok(Some(true)))
+    match tokio::time::timeout(target.policy.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeFailure::other(format!("no answer within {:?}", target.policy.timeout))),
+    }
+}
+
+/// The probe's request and the status line of its answer, on a connected stream.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, target: &ProbeTarget) -> Result<(), String> {
+    let Probe::Http { path } = &target.probe else {
+        // Connected (and, over TLS, handshaken and verified): that was the check.
+        let _ = stream.shutdown().await;
+        return Ok(());
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hawser-health-check\r\nConnection: close\r\n\r\n",
+        target.host
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("cannot send the request: {e}"))?;
+    // The status line fits in the first read in practice; read until it is complete.
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.contains(&b'\n') && buf.len() < 4096 {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("cannot read the answer: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    if status_ok(&buf) {
+        return Ok(());
+    }
+    // The backend's bytes, shown escaped and short: they reach logs and the admin API.
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(&line[..line.len().min(80)]);
+    Err(format!("answered {:?}", line.trim_end()))
 }
 
 fn status_ok(response: &[u8]) -> bool {
@@ -216,6 +284,7 @@ mod tests {
             probe,
             policy: HealthPolicy { timeout: Duration::from_millis(500), ..HealthPolicy::default() },
             host: "s.test".into(),
+            dial: Arc::default(),
         }
     }
 
@@ -233,10 +302,11 @@ mod tests {
             }
         });
         let http = target(addr, Probe::Http { path: "/healthz".into() });
-        assert!(probe_once(&http).await);
-        assert!(!probe_once(&http).await);
+        assert_eq!(probe_once(&http).await, Ok(()));
+        assert_eq!(probe_once(&http).await, Err(ProbeFailure::other("answered \"HTTP/1.1 500 Internal Server Error\"".into())));
         server.await.unwrap();
         // Nothing listens there any more.
-        assert!(!probe_once(&target(addr, Probe::Tcp)).await);
+        let e = probe_once(&target(addr, Probe::Tcp)).await.unwrap_err();
+        assert!(e.why.starts_with("cannot connect: ") && !e.tls, "{e:?}");
     }
 }

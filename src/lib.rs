@@ -5,7 +5,8 @@
 //! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
 //! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`), whose evidence
 //! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime;
-//! [`streams`] says which requests are long-lived and what their end means.
+//! [`streams`] says which requests are long-lived and what their end means; [`upstream`] how
+//! requests and probes dial a backend (cleartext, or TLS with the name and roots to verify).
 //! [`admin`] shows all of it (verdicts, states, [`metrics`]) and takes manual drains;
 //! [`access_log`] writes a line per request.
 //! [`config`] reads the YAML file into the model all of them use.
@@ -25,3 +26,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod streams;
 pub mod tls;
+pub mod upstream;

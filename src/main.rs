@@ -134,7 +134,10 @@ fn main() {
         }
         store = Some(Arc::clone(&tls.store));
     }
-    server.add_service(background_service("health checks", HealthChecks::new(Arc::clone(&runtime))));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks::new(Arc::clone(&runtime), &server.configuration),
+    ));
     let mut admin_api = AdminApi::new(runtime, &config.admin);
     if let Some(store) = store {
         admin_api = admin_api.with_certificates(store);

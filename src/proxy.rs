@@ -243,7 +243,10 @@ impl ProxyHttp for HawserProxy {
         };
         ctx.backend = backend.ext.get::<Arc<BackendLive>>().cloned();
         ctx.tried.push(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        // Cleartext, or TLS with the name and roots the service's settings give (never an
+        // empty SNI, which would turn verification off): see crate::upstream.
+        let host = ctx.routed_host.as_ref().and_then(|h| h.to_str().ok());
+        let mut peer = svc.upstream.load().peer(addr, host);
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
         peer.options.read_timeout =
             Some(if ctx.long_lived.is_some() { svc.proxy.stream_idle_timeout } else { svc.proxy.read_timeout });
@@ -401,15 +404,28 @@ impl ProxyHttp for HawserProxy {
         e
     }
 
-    /// No connection: the request never left, so any method may be retried.
+    /// No connection: the request never left, so any method may be retried. A failed TLS
+    /// handshake (a certificate that does not verify, a backend that does not speak TLS) is
+    /// such a failure too, and is always logged: it is a configuration to fix, not a blip.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         if let Some(live) = &ctx.backend {
             live.metrics.connect_errors.inc();
         }
         self.backend_failed(ctx);
         let retry = self.take_retry(ctx);
-        if let (true, Some(svc)) = (retry, &ctx.service) {
-            warn!("service {}: connect to {} failed ({e}); retrying on another backend", svc.name, peer._address);
+        let then = if retry { "; retrying on another backend" } else { "" };
+        if let Some(svc) = &ctx.service {
+            if crate::upstream::is_tls_error(&e) {
+                let backend = ctx.backend.as_ref().map_or("?", |b| b.container_name.as_str());
+                warn!(
+                    "service {}: backend {backend} ({}): {}{then}",
+                    svc.name,
+                    peer._address,
+                    crate::upstream::describe_connect_error(&e)
+                );
+            } else if retry {
+                warn!("service {}: connect to {} failed ({e}){then}", svc.name, peer._address);
+            }
         }
         e.set_retry(retry);
         e

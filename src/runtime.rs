@@ -24,10 +24,11 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::routes::{HostPattern, RouteTable};
 use crate::catalog::{BackendPlan, Catalog, Change, Container, Environment, Gate, Probe, ServicePlan, Standing};
-use crate::config::{Config, HealthPolicy, ProxyPolicy, SiteTls, UpstreamTls};
+use crate::config::{Config, HealthPolicy, ProxyPolicy, SiteTls};
 use crate::discovery::{Snapshot, SnapshotDiscovery, backend_key};
 use crate::metrics::{ServiceMetrics, forget_backend, metrics};
 use crate::passive::{BackendLive, RetryBudget};
+use crate::upstream::Dial;
 
 /// What active health checking says about one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,9 @@ pub struct ProbeTarget {
     pub policy: HealthPolicy,
     /// Host header for HTTP probes: the service's first exact host, else the address.
     pub host: String,
+    /// Cleartext or TLS, as the service's requests (see [`crate::upstream`]); shared by the
+    /// service's targets.
+    pub dial: Arc<Dial>,
 }
 
 pub type ProbeKey = (String, SocketAddr);
@@ -74,8 +78,8 @@ pub struct Service {
     pub proxy: ProxyPolicy,
     /// TLS at the edge (`tls`, `redirect`, `hsts`): labels may change it while the service lives.
     pub site: ArcSwap<SiteTls>,
-    /// How the backends are spoken to (`scheme`, `server_name`); may change like `site`.
-    pub upstream: ArcSwap<UpstreamTls>,
+    /// How the backends are dialled (scheme, TLS name and roots); may change like `site`.
+    pub upstream: ArcSwap<Dial>,
     pub retry_budget: RetryBudget,
     pub metrics: ServiceMetrics,
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
@@ -94,7 +98,7 @@ impl Service {
             lb,
             proxy: plan.proxy.clone(),
             site: ArcSwap::from_pointee(plan.site.clone()),
-            upstream: ArcSwap::from_pointee(plan.upstream.clone()),
+            upstream: ArcSwap::from_pointee(dial_of(plan)),
             retry_budget: RetryBudget::new(&plan.proxy.retry_budget),
             metrics: ServiceMetrics::new(&plan.name),
             snapshot,
@@ -186,6 +190,8 @@ struct State {
     targets: HashMap<ProbeKey, ProbeTarget>,
     /// Every current backend's shared state with the proxy (failure runs, ejection).
     live: HashMap<ProbeKey, Arc<BackendLive>>,
+    /// Why the last probe of a target failed, until one passes (for the admin API).
+    probe_errors: HashMap<ProbeKey, String>,
     /// Container ids drained through the admin API.
     drained: std::collections::BTreeSet<String>,
 }
@@ -219,6 +225,7 @@ impl Default for Runtime {
                 appeared: HashMap::new(),
                 targets: HashMap::new(),
                 live: HashMap::new(),
+                probe_errors: HashMap::new(),
                 drained: Default::default(),
             }),
             probe_changes: tx,
@@ -321,6 +328,7 @@ impl Runtime {
             for (key, t) in &old_targets {
                 if new_targets.get(key) != Some(t) {
                     st.probes.remove(key);
+                    st.probe_errors.remove(key);
                     st.appeared.remove(key);
                     st.targets.remove(key);
                     let _ = self.probe_changes.send(TargetChange::Remove(key.clone()));
@@ -355,16 +363,20 @@ impl Runtime {
                         });
                     }
                     let snapshot = snapshot_of(&plan.backends, st);
+                    let dial = dial_of(&plan);
                     if !st.services.contains_key(name) {
                         routes_changed = true;
                         st.services.insert(name.clone(), Service::new(&plan));
+                        warn_unverified(name, None, &dial);
                     }
                     let svc = &st.services[name];
                     if **svc.site.load() != plan.site {
                         svc.site.store(Arc::new(plan.site.clone()));
                     }
-                    if **svc.upstream.load() != plan.upstream {
-                        svc.upstream.store(Arc::new(plan.upstream.clone()));
+                    let before = svc.upstream.load();
+                    if **before != dial {
+                        warn_unverified(name, Some(&before), &dial);
+                        svc.upstream.store(Arc::new(dial));
                     }
                     svc.publish(snapshot, cause);
                 }
@@ -398,6 +410,36 @@ impl Runtime {
         self.state().targets.values().cloned().collect()
     }
 
+    /// Why the last probe of `target` failed (`None`: it passed), when that changed. A failed
+    /// TLS handshake is said at warn, once per change: it is a configuration to fix (a name
+    /// or CA that does not match), which a backend still starting never shows.
+    pub fn probe_failure(&self, target: &ProbeTarget, failure: Option<&crate::health::ProbeFailure>) {
+        let mut st = self.state();
+        let key = target.key();
+        // Only for a current target with these settings: a stale task must not speak for it.
+        if st.targets.get(&key) != Some(target) {
+            return;
+        }
+        match failure {
+            Some(f) => {
+                if f.tls {
+                    warn!(
+                        "backend {} ({}) of service {}: health check ({}) failed: {}",
+                        target.container_name,
+                        target.addr,
+                        target.service,
+                        target.dial.probe_words(&target.probe),
+                        f.why
+                    );
+                }
+                st.probe_errors.insert(key, f.why.clone());
+            }
+            None => {
+                st.probe_errors.remove(&key);
+            }
+        }
+    }
+
     /// A health state change from the checker.
     pub fn probe_changed(&self, target: &ProbeTarget, status: ProbeStatus) {
         let mut st = self.state();
@@ -420,12 +462,13 @@ impl Runtime {
         match status {
             ProbeStatus::Ready => info!("backend {} ({}) of service {}: ready", target.container_name, target.addr, target.service),
             _ => warn!(
-                "backend {} ({}) of service {}: {} by {:?} check",
+                "backend {} ({}) of service {}: {} by {} check{}",
                 target.container_name,
                 target.addr,
                 target.service,
                 status_word(status),
-                target.probe
+                target.dial.probe_words(&target.probe),
+                st.probe_errors.get(&key).map(|why| format!(": {why}")).unwrap_or_default()
             ),
         }
         if status == ProbeStatus::Ready {
@@ -485,7 +528,7 @@ impl Runtime {
                     return;
                 }
                 let passed = match &target {
-                    Some(t) => crate::health::probe_once(t).await,
+                    Some(t) => crate::health::probe_once(t).await.is_ok(),
                     // Not probed (e.g. draining): nothing to wait for.
                     None => true,
                 };
@@ -542,6 +585,7 @@ impl Runtime {
                 }
                 ServiceView {
                     name: plan.name.clone(),
+                    scheme: plan.upstream.scheme.as_str(),
                     hosts,
                     path_prefix: plan.routes.first().map_or_else(|| "/".to_string(), |r| r.path_prefix.clone()),
                     routes: plan
@@ -568,11 +612,11 @@ impl Runtime {
     /// Every container hawser has seen, by name: routed (a ready backend) or why not.
     pub fn containers_view(&self) -> Vec<ContainerView> {
         let st = self.state();
-        let backends: HashMap<&str, &BackendPlan> = st
+        let backends: HashMap<&str, (&BackendPlan, &ServicePlan)> = st
             .catalog
             .services
             .values()
-            .flat_map(|p| p.backends.iter().map(|b| (b.container_id.as_str(), b)))
+            .flat_map(|p| p.backends.iter().map(move |b| (b.container_id.as_str(), (b, p))))
             .collect();
         let mut views: Vec<ContainerView> = st
             .catalog
@@ -580,11 +624,11 @@ impl Runtime {
             .iter()
             .map(|(id, v)| {
                 let backend = backends.get(id.as_str());
-                let state = backend.map(|b| backend_state(b, &st));
+                let state = backend.map(|(b, _)| backend_state(b, &st));
                 // Docker's word first (the catalog's reason), then hawser's own.
                 let reason = match (v.reason.clone(), state, backend) {
                     (Some(r), _, _) => Some(r),
-                    (None, Some(state), Some(b)) => state_reason(state, b, &st),
+                    (None, Some(state), Some((b, plan))) => state_reason(state, b, plan, &st),
                     (None, _, _) => None,
                 };
                 ContainerView {
@@ -655,6 +699,7 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
         HostPattern::Exact(h) => Some(h.clone()),
         _ => None,
     });
+    let dial = Arc::new(dial_of(plan));
     plan.backends
         .iter()
         .filter(|b| b.gate.is_none_or(|g| g.probe_anyway()))
@@ -667,6 +712,7 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
                 probe: b.probe.clone(),
                 policy: plan.health.clone(),
                 host: host.clone().unwrap_or_else(|| b.addr.to_string()),
+                dial: Arc::clone(&dial),
             };
             (t.key(), t)
         })
@@ -711,12 +757,29 @@ fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
     }
 }
 
-/// Why a backend that Docker allows is not ready, in hawser's own terms.
-fn state_reason(state: BackendState, b: &BackendPlan, st: &State) -> Option<String> {
+/// How requests and probes dial the backends of `plan`.
+fn dial_of(plan: &ServicePlan) -> Dial {
+    Dial::new(&plan.upstream, &plan.routes)
+}
+
+/// Says once, when a service starts or stops verifying its backends' certificates, that it
+/// does not: an operator must be able to find every such service in the log.
+fn warn_unverified(service: &str, before: Option<&Dial>, now: &Dial) {
+    let unverified = |d: &Dial| d.is_tls() && !d.verify;
+    if unverified(now) && !before.is_some_and(unverified) {
+        warn!("service {service}: the certificates of its TLS backends are not verified (tls_verify: false)");
+    }
+}
+
+/// Why a backend that Docker allows is not ready, in hawser's own terms: which check, and
+/// what its last failure was (a TLS verification failure says so here).
+fn state_reason(state: BackendState, b: &BackendPlan, plan: &ServicePlan, st: &State) -> Option<String> {
+    let check = || dial_of(plan).probe_words(&b.probe);
+    let why = || st.probe_errors.get(&(b.container_id.clone(), b.addr)).map(|w| format!(": {w}")).unwrap_or_default();
     match state {
         BackendState::Ready => None,
-        BackendState::Starting => Some(format!("its first health check ({}) has not passed yet", b.probe)),
-        BackendState::Unhealthy => Some(format!("health check failing ({})", b.probe)),
+        BackendState::Starting => Some(format!("its first health check ({}) has not passed yet{}", check(), why())),
+        BackendState::Unhealthy => Some(format!("health check failing ({}){}", check(), why())),
         BackendState::Draining if st.drained.contains(&b.container_id) => Some("drained through the admin API".into()),
         BackendState::Draining => Some("draining".into()),
         BackendState::Ejected => Some("ejected after consecutive failures: back when a health check passes".into()),
@@ -796,6 +859,8 @@ impl BackendState {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceView {
     pub name: String,
+    /// How hawser speaks to its backends: `http` or `https`.
+    pub scheme: &'static str,
     /// Distinct hosts of its routes (`*` for any host, `*.example.com` for wildcards).
     pub hosts: Vec<String>,
     /// The path prefix of its first route (all routes share it unless labels differ).

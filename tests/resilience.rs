@@ -353,7 +353,7 @@ fn active_http_probe_takes_failing_backend_out() {
         || {
             h.log()
                 .lines()
-                .any(|l| l.contains(&needle) && l.contains(": unhealthy by Http"))
+                .any(|l| l.contains(&needle) && l.contains(": unhealthy by HTTP GET /healthz check"))
                 .then_some(())
         },
     );

@@ -138,6 +138,7 @@ mod tests {
     fn renders_states_and_reasons_escaped() {
         let services = vec![ServiceView {
             name: "web".into(),
+            scheme: "http",
             hosts: vec!["web.test".into()],
             path_prefix: "/".into(),
             routes: vec![RouteView { host: "web.test".into(), path_prefix: "/".into() }],

@@ -12,6 +12,8 @@ use crate::config::AddressMode;
 pub struct Environment {
     /// Networks of hawser's own container; empty when hawser does not run in a container.
     pub own_networks: Vec<String>,
+    /// Reads the CA files that `tls.ca` labels name: the catalog's one way to the file system.
+    pub ca_files: crate::upstream::CaFiles,
 }
 
 /// Where a container port is asked for, in the order they are consulted.
@@ -170,7 +172,7 @@ mod tests {
     }
 
     fn addr(c: &Container, label_net: Option<&str>, cfg_net: Option<&str>, own: &[&str]) -> Result<SocketAddr, String> {
-        let env = Environment { own_networks: own.iter().map(|s| s.to_string()).collect() };
+        let env = Environment { own_networks: own.iter().map(|s| s.to_string()).collect(), ..Environment::default() };
         choose_address(c, 80, AddressMode::Container, label_net, cfg_net, &env, P)
     }
 

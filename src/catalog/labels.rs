@@ -20,12 +20,17 @@ pub struct Labels {
     pub network: Option<String>,
     pub weight: Option<usize>,
     pub health_path: Option<String>,
-    /// `tls`, `tls.redirect`, `tls.hsts`, `scheme`, `tls.server_name`: see [`super::tls`].
+    /// `tls`, `tls.redirect`, `tls.hsts`, `scheme`, `tls.server_name`, `tls.ca`,
+    /// `tls.verify`: see [`super::tls`].
     pub tls: Option<bool>,
     pub redirect: Option<bool>,
     pub hsts: Option<String>,
     pub scheme: Option<crate::config::Scheme>,
     pub server_name: Option<String>,
+    /// A path in hawser's own file system (absolute), read by the catalog through
+    /// [`crate::upstream::CaFiles`].
+    pub ca: Option<String>,
+    pub verify: Option<bool>,
 }
 
 /// A label hawser could not use; the container carrying it is skipped.
@@ -58,6 +63,8 @@ const KEYS: &[&str] = &[
     "tls.hsts",
     "scheme",
     "tls.server_name",
+    "tls.ca",
+    "tls.verify",
 ];
 
 impl Labels {
@@ -102,6 +109,10 @@ impl Labels {
                 "tls.hsts" => out.hsts = Some(crate::config::tls::parse_hsts(v).map_err(fail)?),
                 "scheme" => out.scheme = Some(crate::config::Scheme::parse(v).map_err(fail)?),
                 "tls.server_name" => out.server_name = Some(crate::config::tls::parse_server_name(v).map_err(fail)?),
+                // Absolute: hawser's working directory is no place a label's author can know.
+                "tls.ca" if v.starts_with('/') => out.ca = Some(v.to_string()),
+                "tls.ca" => return Err(fail("expected the absolute path of a PEM file in hawser's file system".into())),
+                "tls.verify" => out.verify = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
                 _ => return Err(fail(format!("unknown label (known: {})", KEYS.join(", ")))),
             }
         }
@@ -173,6 +184,28 @@ mod tests {
         assert_eq!(parse(&[("hawser.service", "a/b")]).unwrap_err().label, "hawser.service");
         let typo = parse(&[("hawser.hots", "a.com")]).unwrap_err();
         assert!(typo.problem.starts_with("unknown label"), "{typo}");
+    }
+
+    #[test]
+    fn backend_tls_labels() {
+        let l = parse(&[
+            ("hawser.scheme", "HTTPS"),
+            ("hawser.tls.server_name", "API.internal."),
+            ("hawser.tls.ca", " /etc/hawser/ca.pem "),
+            ("hawser.tls.verify", "false"),
+        ])
+        .unwrap();
+        assert_eq!(l.scheme, Some(crate::config::Scheme::Https));
+        assert_eq!(l.server_name.as_deref(), Some("api.internal"));
+        assert_eq!(l.ca.as_deref(), Some("/etc/hawser/ca.pem"));
+        assert_eq!(l.verify, Some(false));
+        let e = parse(&[("hawser.tls.ca", "ca.pem")]).unwrap_err();
+        assert_eq!(e.to_string(), "label hawser.tls.ca=\"ca.pem\": expected the absolute path of a PEM file in hawser's file system");
+        assert_eq!(parse(&[("hawser.tls.ca", "")]).unwrap_err().label, "hawser.tls.ca");
+        assert_eq!(parse(&[("hawser.tls.verify", "sometimes")]).unwrap_err().label, "hawser.tls.verify");
+        // An empty server name would turn verification off in pingora: refused.
+        let e = parse(&[("hawser.tls.server_name", " ")]).unwrap_err();
+        assert!(e.problem.contains("empty server name"), "{e}");
     }
 
     #[test]

@@ -371,7 +371,7 @@ impl Catalog {
             });
             // TLS settings before routes: a container that contradicts them claims nothing.
             let (mut site, mut upstream, mut set_by) = (plan.site.clone(), plan.upstream.clone(), plan.tls_set_by.clone());
-            if let Err(reason) = tls::merge(&mut site, &mut upstream, &mut set_by, plan.from_config, prefix, &c.name, &cand.labels)
+            if let Err(reason) = tls::merge(&mut site, &mut upstream, &mut set_by, plan.from_config, prefix, &c.name, &cand.labels, &env.ca_files)
                 .and_then(|()| tls::supported(upstream.scheme))
             {
                 if plan.routes.is_empty() && plan.backends.is_empty() && !plan.from_config {

@@ -129,6 +129,10 @@ pub struct ServiceSection {
     pub scheme: Option<Scheme>,
     /// SNI and verified name toward a TLS backend.
     pub server_name: Option<ServerName>,
+    /// A PEM bundle of the roots a TLS backend's certificate must chain to.
+    pub ca: Option<Spanned<String>>,
+    /// `false` turns certificate verification toward TLS backends off.
+    pub tls_verify: Option<bool>,
 }
 
 /// The `tls:` section: listeners, certificates from files, the default certificate, ACME.

@@ -429,7 +429,7 @@ impl Loaded {
                     redirect: s.redirect.unwrap_or(false),
                     hsts: s.hsts.map(|h| h.0),
                 },
-                upstream: UpstreamTls { scheme: s.scheme.map(|v| v.0).unwrap_or_default(), server_name: s.server_name.map(|n| n.0) },
+                upstream: upstream_tls(&key, s.scheme, s.server_name, s.ca, s.tls_verify, &err)?,
             };
             services.insert(svc_name, svc);
         }
@@ -485,6 +485,46 @@ impl Loaded {
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
         let h2c = f.h2c.unwrap_or(true);
         Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log, clients, tls }, server })
+    }
+}
+
+/// A service's backend settings (`scheme`, `server_name`, `ca`, `tls_verify`), checked: the
+/// CA file is read now, so that `-t` finds what a start would; settings that mean nothing
+/// together are refused (see [`UpstreamTls::inconsistency`]).
+fn upstream_tls(
+    key: &str,
+    scheme: Option<file::Scheme>,
+    server_name: Option<file::ServerName>,
+    ca: Option<serde_saphyr::Spanned<String>>,
+    verify: Option<bool>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<UpstreamTls, ConfigError> {
+    let at_ca = |message: String| {
+        let mut e = err(&format!("{key}.ca"), message);
+        if let Some(ca) = &ca {
+            e.line = Some(ca.referenced.line() as usize);
+            e.column = Some(ca.referenced.column() as usize);
+        }
+        e
+    };
+    let bundle = match &ca {
+        Some(path) if path.value.trim().is_empty() => return Err(at_ca("needs the path of a PEM file".into())),
+        Some(path) => Some(crate::upstream::CaBundle::load(std::path::Path::new(&path.value)).map_err(at_ca)?),
+        None => None,
+    };
+    let upstream = UpstreamTls {
+        scheme: scheme.map(|v| v.0).unwrap_or_default(),
+        server_name: server_name.map(|n| n.0),
+        ca: bundle,
+        verify: verify.unwrap_or(true),
+    };
+    match upstream.inconsistency() {
+        None => Ok(upstream),
+        Some((name, tls::Inconsistency::NeedsTls)) => {
+            let message = format!("applies to TLS backends only, and the scheme is {}: set scheme: https", upstream.scheme.as_str());
+            Err(if name == "ca" { at_ca(message) } else { err(&format!("{key}.{name}"), message) })
+        }
+        Some((_, tls::Inconsistency::UnusedCa)) => Err(at_ca("is never used with tls_verify: false: drop one of them".into())),
     }
 }
 
@@ -738,6 +778,38 @@ pingora:
     }
 
     #[test]
+    fn backend_tls_settings_are_read_and_checked_at_load() {
+        let test_ca = crate::upstream::TestCa::new("config-upstream");
+        let ca = test_ca.path_text();
+        let svc = |keys: &str| format!("services:\n  api:\n    hosts: [api.test]\n{keys}");
+        let c = load(&svc(&format!("    scheme: https\n    server_name: API.internal\n    ca: {ca}\n"))).unwrap();
+        let up = &c.services["api"].upstream;
+        assert_eq!((up.scheme, up.server_name.as_deref(), up.verify), (Scheme::Https, Some("api.internal"), true));
+        assert_eq!(up.ca.as_ref().map(|c| c.path.display().to_string()), Some(ca.clone()));
+        assert!(!load(&svc("    scheme: https\n    tls_verify: false\n")).unwrap().services["api"].upstream.verify);
+        assert!(load(&svc("    scheme: https\n")).unwrap().services["api"].upstream.verify, "on by default");
+
+        // A file that cannot be used: file, line and key.
+        let e = load(&svc("    scheme: https\n    ca: /nonexistent/ca.pem\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("services.api.ca", Some(5)), "{e}");
+        assert!(e.to_string().starts_with("test.yaml:5:"), "{e}");
+        assert!(e.message.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        let e = load(&svc("    scheme: https\n    ca: \"\"\n")).unwrap_err();
+        assert_eq!(e.key, "services.api.ca", "{e}");
+        // TLS-only settings on a cleartext service, and a CA that verification off ignores.
+        let e = load(&svc(&format!("    ca: {ca}\n"))).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("services.api.ca", Some(4)), "{e}");
+        assert!(e.message.ends_with("set scheme: https"), "{e}");
+        assert_eq!(load(&svc("    server_name: a.test\n")).unwrap_err().key, "services.api.server_name");
+        assert_eq!(load(&svc("    tls_verify: false\n")).unwrap_err().key, "services.api.tls_verify");
+        let e = load(&svc(&format!("    scheme: https\n    tls_verify: false\n    ca: {ca}\n"))).unwrap_err();
+        assert!(e.message.contains("never used with tls_verify: false"), "{e}");
+        let e = load(&svc("    scheme: https\n    server_name: \"\"\n")).unwrap_err();
+        assert_eq!(e.key, "services.api.server_name", "{e}");
+        assert!(e.message.contains("verification off"), "{e}");
+    }
+
+    #[test]
     fn services_need_a_route_and_selectors_a_criterion() {
         assert!(load("services:\n  a:\n    port: 80\n").unwrap_err().message.contains("needs `hosts` or `path_prefix`"));
         assert_eq!(load("services:\n  a:\n    hosts: [a.com]\n    selector: {}\n").unwrap_err().key, "services.a.selector");
@@ -754,7 +826,8 @@ pingora:
             "proxy.read_timeout", "proxy.retries", "proxy.retry_budget.ratio", "proxy.max_body_size",
             "proxy.stream_idle_timeout", "admin.listen", "clients.header_timeout", "clients.send_timeout", "clients.max_header_size",
             "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "services.a.hosts",
-            "services.a.path_prefix", "services.a.port", "services.a.max_body_size",
+            "services.a.path_prefix", "services.a.port", "services.a.max_body_size", "services.a.scheme",
+            "services.a.server_name", "services.a.ca", "services.a.tls_verify",
         ];
 
         fn yaml_for(key: &str, value: &str) -> String {

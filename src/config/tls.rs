@@ -103,11 +103,54 @@ pub struct SiteTls {
     pub hsts: Option<String>,
 }
 
-/// The backend side: scheme and the name to verify.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The backend side: scheme, the name to send and verify, the roots to verify with, and
+/// whether to verify at all. See [`crate::upstream`] for how a connection uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     pub scheme: Scheme,
     pub server_name: Option<String>,
+    /// The roots that backends' certificates must chain to, instead of the system's.
+    pub ca: Option<crate::upstream::CaBundle>,
+    /// Off only when asked (`tls_verify: false`, label `tls.verify=false`).
+    pub verify: bool,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls { scheme: Scheme::Http, server_name: None, ca: None, verify: true }
+    }
+}
+
+impl UpstreamTls {
+    /// A setting that only means something toward a TLS backend, or two that contradict each
+    /// other, by its YAML key; YAML and labels word the error each their own way. A `ca` or
+    /// `server_name` on a cleartext service would read as "verified TLS" while the traffic
+    /// goes in the clear.
+    pub fn inconsistency(&self) -> Option<(&'static str, Inconsistency)> {
+        if !self.scheme.is_tls() {
+            if self.ca.is_some() {
+                return Some(("ca", Inconsistency::NeedsTls));
+            }
+            if self.server_name.is_some() {
+                return Some(("server_name", Inconsistency::NeedsTls));
+            }
+            if !self.verify {
+                return Some(("tls_verify", Inconsistency::NeedsTls));
+            }
+        } else if !self.verify && self.ca.is_some() {
+            return Some(("ca", Inconsistency::UnusedCa));
+        }
+        None
+    }
+}
+
+/// See [`UpstreamTls::inconsistency`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inconsistency {
+    /// Set on a service whose scheme is cleartext.
+    NeedsTls,
+    /// A `ca` with verification off.
+    UnusedCa,
 }
 
 /// Checks a Strict-Transport-Security value (RFC 6797 §6.1): `max-age` once, with digits;

@@ -55,31 +55,53 @@ struct Log {
     violations: Vec<String>,
 }
 
-pub struct Recorder {
-    pub name: String,
+/// A server on a loopback port of its own: a thread per connection runs `handle`. Stops
+/// accepting when dropped.
+pub struct LoopbackServer {
     pub addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
     stop: Arc<AtomicBool>,
 }
 
-impl Recorder {
-    pub fn start(name: &str) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port for the recorder");
+impl LoopbackServer {
+    pub fn start(what: &str, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> LoopbackServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind a loopback port for {what}: {e}"));
         let addr = listener.local_addr().unwrap();
-        let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s, n) = (Arc::clone(&log), Arc::clone(&stop), name.to_string());
+        let (s, handle) = (Arc::clone(&stop), Arc::new(handle));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (l, n) = (Arc::clone(&l), n.clone());
-                std::thread::spawn(move || serve(conn, &n, &l));
+                let handle = Arc::clone(&handle);
+                std::thread::spawn(move || handle(conn));
             }
         });
-        Recorder { name: name.to_string(), addr, log, stop }
+        LoopbackServer { addr, stop }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+pub struct Recorder {
+    pub name: String,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    _server: LoopbackServer,
+}
+
+impl Recorder {
+    pub fn start(name: &str) -> Recorder {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (l, n) = (Arc::clone(&log), name.to_string());
+        let server = LoopbackServer::start("the recorder", move |conn| serve(conn, &n, &l));
+        Recorder { name: name.to_string(), addr: server.addr, log, _server: server }
     }
 
     pub fn port(&self) -> u16 {
@@ -103,13 +125,6 @@ impl Recorder {
 
     pub fn violations(&self) -> Vec<String> {
         self.log.lock().unwrap().violations.clone()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 
