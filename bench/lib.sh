@@ -18,6 +18,12 @@
 #   bench_backends [LABEL=VALUE...]   builds the backend image, creates network $NET and starts
 #                           $BACKENDS containers on it that join hawser's service `app` (plus
 #                           the given extra labels, unprefixed keys); sets NAMES and IPS
+#   bench_wait_ready PX URL [CURL_ARG...]   waits until proxy PX (pid ${PID[PX]}) has answered
+#                           200 at URL from all $BACKENDS backends (X-Backend names), at most
+#                           $READY_TIMEOUT s; dies when it exits or the time is up
+#   nginx_pids              "${PID[nginx]} and its worker pids", space-separated
+#   bench_nginx_pidset      sets PIDSET_NGINX: ${PID[nginx]} and its worker processes; dies
+#                           unless there are $WORKERS workers
 #   bench_traps             runs the caller's `cleanup` on exit; INT and TERM exit 130 and 143
 #                           (through it)
 #   stop_pid PID SIG SECS   sends SIG to a process of this script, gives it SECS to exit, then
@@ -139,6 +145,39 @@ bench_backends() {
         IPS+=("$ip")
     done
     note "$BACKENDS backends (image $IMAGE, network $NET): ${IPS[*]} ($(secs_since "$t") s)"
+}
+
+bench_wait_ready() {
+    local px=$1 url=$2 t0=$EPOCHREALTIME head code b
+    shift 2
+    local -A seen=()
+    while ((${#seen[@]} < BACKENDS)); do
+        kill -0 "${PID[$px]}" 2>/dev/null || die "$px exited at start"
+        (($(ms_since "$t0") < READY_TIMEOUT * 1000)) \
+            || die "$px did not reach all $BACKENDS backends at $url within ${READY_TIMEOUT} s (reached: ${!seen[*]})"
+        head=$(curl -s -o /dev/null -D - --max-time 2 "$@" "$url" 2>/dev/null | tr -d '\r') || true
+        code=$(awk 'NR==1 {print $2}' <<<"$head")
+        b=$(awk -F': *' 'tolower($1)=="x-backend" {print $2}' <<<"$head")
+        if [[ $code == 200 && -n $b ]]; then
+            seen[$b]=1
+        else
+            sleep 0.05
+        fi
+    done
+    note "$px pid ${PID[$px]} on $url: 200 from all $BACKENDS backends after $(secs_since "$t0") s"
+}
+
+nginx_pids() {
+    local w
+    w=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null | tr -s ' \n' ' ')
+    echo "${PID[nginx]} $w"
+}
+
+bench_nginx_pidset() {
+    local -a all
+    PIDSET_NGINX=$(nginx_pids)
+    read -r -a all <<<"$PIDSET_NGINX"
+    ((${#all[@]} == WORKERS + 1)) || die "expected 1 nginx master and $WORKERS workers, found pids: $PIDSET_NGINX"
 }
 
 bench_traps() {

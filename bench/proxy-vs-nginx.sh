@@ -284,37 +284,9 @@ PID[nginx]=$!
 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 </dev/null &
 PID[haproxy]=$!
 
-# Waits until the proxy has answered 200 from every backend (X-Backend names all seen).
-wait_ready() { # proxy
-    local px=$1 t0=$EPOCHREALTIME head code b
-    local -A seen=()
-    while ((${#seen[@]} < BACKENDS)); do
-        kill -0 "${PID[$px]}" 2>/dev/null || die "$px exited at start"
-        (($(ms_since "$t0") < READY_TIMEOUT * 1000)) \
-            || die "$px did not reach all $BACKENDS backends within ${READY_TIMEOUT} s (reached: ${!seen[*]})"
-        head=$(curl -s -o /dev/null -D - --max-time 2 -H "Host: $HOST_HEADER" \
-            "http://127.0.0.1:${PORT[$px]}/" 2>/dev/null | tr -d '\r') || true
-        code=$(awk 'NR==1 {print $2}' <<<"$head")
-        b=$(awk -F': *' 'tolower($1)=="x-backend" {print $2}' <<<"$head")
-        if [[ $code == 200 && -n $b ]]; then
-            seen[$b]=1
-        else
-            sleep 0.05
-        fi
-    done
-    note "$px pid ${PID[$px]} on 127.0.0.1:${PORT[$px]}: 200 from all $BACKENDS backends after $(secs_since "$t0") s"
-}
-for px in "${PROXIES[@]}"; do wait_ready "$px"; done
+for px in "${PROXIES[@]}"; do bench_wait_ready "$px" "http://127.0.0.1:${PORT[$px]}/" -H "Host: $HOST_HEADER"; done
 
-# nginx's worker processes (children of the master).
-nginx_pids() {
-    local w
-    w=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null | tr -s ' \n' ' ')
-    echo "${PID[nginx]} $w"
-}
-PIDSET_NGINX=$(nginx_pids)
-read -r -a _w <<<"$PIDSET_NGINX"
-((${#_w[@]} == WORKERS + 1)) || die "expected 1 nginx master and $WORKERS workers, found pids: $PIDSET_NGINX"
+bench_nginx_pidset
 proc_pids() { # proxy -> the pids whose CPU/RSS count for it
     if [[ $1 == nginx ]]; then echo "$PIDSET_NGINX"; else echo "${PID[$1]}"; fi
 }

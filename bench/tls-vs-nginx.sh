@@ -280,29 +280,12 @@ PID[hawser]=$!
 nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" -g 'daemon off;' >"$NGX/stdout.log" 2>&1 </dev/null &
 PID[nginx]=$!
 
-# Waits until the proxy has answered 200 over HTTPS from every backend (X-Backend names all
-# seen), to a curl that verifies the certificate for bench.test against the test certificate.
-wait_ready() { # proxy
-    local px=$1 t0=$EPOCHREALTIME head code b
-    local -A seen=()
-    while ((${#seen[@]} < BACKENDS)); do
-        kill -0 "${PID[$px]}" 2>/dev/null || die "$px exited at start"
-        (($(ms_since "$t0") < READY_TIMEOUT * 1000)) \
-            || die "$px did not reach all $BACKENDS backends over HTTPS within ${READY_TIMEOUT} s (reached: ${!seen[*]})"
-        head=$(curl -s -o /dev/null -D - --max-time 2 --cacert "$CERT" \
-            --resolve "$HOST_NAME:${PORT[$px]}:127.0.0.1" "https://$HOST_NAME:${PORT[$px]}/" 2>/dev/null \
-            | tr -d '\r') || true
-        code=$(awk 'NR==1 {print $2}' <<<"$head")
-        b=$(awk -F': *' 'tolower($1)=="x-backend" {print $2}' <<<"$head")
-        if [[ $code == 200 && -n $b ]]; then
-            seen[$b]=1
-        else
-            sleep 0.05
-        fi
-    done
-    note "$px pid ${PID[$px]} on https://127.0.0.1:${PORT[$px]}: 200 from all $BACKENDS backends after $(secs_since "$t0") s"
-}
-for px in "${PROXIES[@]}"; do wait_ready "$px"; done
+# Ready once each proxy answered 200 over HTTPS from every backend, to a curl that verifies the
+# certificate for bench.test against the test certificate.
+for px in "${PROXIES[@]}"; do
+    bench_wait_ready "$px" "https://$HOST_NAME:${PORT[$px]}/" --cacert "$CERT" \
+        --resolve "$HOST_NAME:${PORT[$px]}:127.0.0.1"
+done
 
 # What the proxy presents to an OpenSSL client sending SNI: the certificate's fingerprint must be
 # the test certificate's. Prints the negotiated protocol, cipher and key exchange.
@@ -320,15 +303,7 @@ for px in "${PROXIES[@]}"; do
     check_certificate "$px" 127.0.0.1
 done
 
-# nginx's worker processes (children of the master).
-nginx_pids() {
-    local w
-    w=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null | tr -s ' \n' ' ')
-    echo "${PID[nginx]} $w"
-}
-PIDSET_NGINX=$(nginx_pids)
-read -r -a _w <<<"$PIDSET_NGINX"
-((${#_w[@]} == WORKERS + 1)) || die "expected 1 nginx master and $WORKERS workers, found pids: $PIDSET_NGINX"
+bench_nginx_pidset
 proc_pids() { # proxy -> the pids whose CPU counts for it
     if [[ $1 == nginx ]]; then echo "$PIDSET_NGINX"; else echo "${PID[$1]}"; fi
 }
