@@ -5,8 +5,9 @@
 //! verdicts) → [`runtime`] (one pingora `LoadBalancer` per service, fed by [`discovery`]) →
 //! [`health`] (active probes, a background service) → [`proxy`] (`ProxyHttp`), whose evidence
 //! from real requests ([`passive`]: failure runs, retry budgets) flows back to the runtime;
-//! [`streams`] says which requests are long-lived and what their end means; [`upstream`] how
-//! requests and probes dial a backend (cleartext, or TLS with the name and roots to verify).
+//! [`streams`] says which requests are long-lived and what their end means; [`grpc`] how
+//! hawser's own answers to gRPC calls look; [`upstream`] how requests and probes dial a
+//! backend (cleartext, or TLS with the name and roots to verify).
 //! [`admin`] shows all of it (verdicts, states, [`metrics`]) and takes manual drains;
 //! [`access_log`] writes a line per request.
 //! [`config`] reads the YAML file into the model all of them use.
@@ -19,6 +20,7 @@ pub mod discovery;
 pub mod docker;
 pub mod edge;
 pub mod explain;
+pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod passive;

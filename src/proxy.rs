@@ -1,4 +1,5 @@
-//! The request path: Host + path → service → backend, with hawser's own 404/503 answers,
+//! The request path: Host + path → service → backend, with hawser's own 404/503 answers
+//! (in gRPC's form to gRPC calls, see [`crate::grpc`]),
 //! retries on a different backend where they are safe, and the evidence (connect failures,
 //! gateway errors) that passive ejection runs on.
 //!
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use log::{debug, warn};
 use pingora::http::authority::raw_target_authority;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
@@ -33,6 +35,7 @@ use crate::edge::framing::{self, HeadLimits, Reject};
 use crate::edge::host::{HostPort, parse_host};
 use crate::edge::https::HttpsEdge;
 use crate::edge::path::normalize;
+use crate::grpc;
 use crate::tls::challenge;
 use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
@@ -104,6 +107,10 @@ pub struct RequestCtx {
     long_lived: Option<LongLived>,
     /// The request came over TLS.
     tls: bool,
+    /// The status hawser's own answer to a gRPC call stands for (its 404, 503…): metrics and
+    /// the access log count it, not the 200 that gRPC's form puts on the wire, so that a
+    /// missing route or backend reads the same whichever protocol the client spoke.
+    grpc_answered: Option<u16>,
 }
 
 impl HawserProxy {
@@ -152,6 +159,7 @@ impl ProxyHttp for HawserProxy {
             upstream_target: None,
             long_lived: None,
             tls: false,
+            grpc_answered: None,
         }
     }
 
@@ -221,7 +229,7 @@ impl ProxyHttp for HawserProxy {
             }
             None => {
                 let body = format!("hawser: no route for host {host:?} and path {:?}\n", target.path);
-                respond(session, 404, body, &[]).await?;
+                answer(session, ctx, 404, body, &[]).await?;
                 Ok(true)
             }
         }
@@ -441,7 +449,7 @@ impl ProxyHttp for HawserProxy {
             session.set_keepalive(None);
         }
         let elapsed = ctx.started.elapsed();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = ctx.grpc_answered.or_else(|| session.response_written().map(|r| r.status.as_u16())).unwrap_or(0);
         let metrics = match &ctx.service {
             Some(svc) => {
                 svc.metrics.in_flight.dec();
@@ -512,11 +520,15 @@ impl ProxyHttp for HawserProxy {
             0 => Ok(()),
             503 => {
                 let body = format!("hawser: service {service} has no ready backend\n");
-                respond(session, 503, body, &[("Retry-After", "1")]).await
+                answer(session, ctx, 503, body, &[("Retry-After", "1")]).await
             }
             502 => {
                 let body = format!("hawser: no backend of service {service} could be reached\n");
-                respond(session, 502, body, &[]).await
+                answer(session, ctx, 502, body, &[]).await
+            }
+            _ if grpc::is_grpc(session.req_header()) => {
+                let reason = http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("error");
+                answer(session, ctx, code, format!("hawser: {code} {reason} (service {service})"), &[]).await
             }
             _ => session.respond_error(code).await,
         };
@@ -669,6 +681,33 @@ impl Tried {
 fn client_went_away(e: &Error) -> bool {
     *e.esource() == ErrorSource::Downstream
         && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed)
+}
+
+/// hawser's own answer to a request it does not pass on: [`respond`]'s plain text, or for a
+/// gRPC call the same status and message in gRPC's form (see [`grpc`]).
+async fn answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: String,
+    headers: &[(&'static str, &'static str)],
+) -> Result<()> {
+    if !grpc::is_grpc(session.req_header()) {
+        return respond(session, status, body, headers).await;
+    }
+    ctx.grpc_answered = Some(status);
+    let resp = Box::new(grpc::answer(status, &body)?);
+    match session.as_downstream_mut() {
+        // "Trailers-Only": grpc-status in the one HEADERS frame, which ends the stream. The
+        // proxy session's write_response_header does not pass its end_of_stream on to an H2
+        // stream (it would send an empty DATA frame to end it), hence the downstream's own.
+        // hawser has no downstream modules that writing past the proxy session would skip.
+        ServerSession::H2(h2) => h2.write_response_header(resp, true),
+        _ => {
+            session.write_response_header(resp, false).await?;
+            session.write_response_body(None, true).await
+        }
+    }
 }
 
 /// A short plain-text response that hawser makes itself.
