@@ -1,10 +1,11 @@
 //! hawser's own answers to gRPC calls, as a real gRPC client (Python grpcio, over h2c) decodes
-//! them: no route is NOT_FOUND, no ready backend UNAVAILABLE, each with hawser's message; a
-//! plain HTTP request to the same place still gets the text answer.
+//! them: no route is NOT_FOUND, no ready backend or a backend that fails UNAVAILABLE, each with
+//! hawser's message; a plain HTTP request to the same place still gets the text answer.
 
 mod common;
 
 use common::python::run_python;
+use common::recorder::LoopbackServer;
 use common::*;
 
 /// Calls `/pkg.Svc/Method` (raw bytes, no generated code) on `addr` with `authority` as
@@ -35,7 +36,9 @@ fn grpc_call(h: &Hawser, authority: &str) -> (String, String) {
 /// requests that matched no route).
 fn answered(h: &Hawser, service: &str, class: &str) -> f64 {
     let r = admin_request(h.admin, "GET", "/metrics", None).expect("GET /metrics");
-    metric(&r.body, &format!("hawser_requests_total{{class=\"{class}\",service=\"{service}\"}}")).unwrap_or(0.0)
+    let n = metric(&r.body, &format!("hawser_requests_total{{class=\"{class}\",service=\"{service}\"}}")).unwrap_or(0.0);
+    eprintln!("requests_total of service {service:?}, class {class}: {n}");
+    n
 }
 
 #[test]
@@ -73,6 +76,25 @@ fn hawser_answers_grpc_calls_with_grpc_statuses() {
     assert!(r.header("grpc-status").is_none());
     let r = h.get("empty.test", "/pkg.Svc/Method").unwrap();
     assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{}", r.body);
+}
+
+/// A backend that is ready (it accepts connections, so its TCP probe passes) but closes each
+/// one without an answer: the call fails on it, and hawser's 502 reaches the client as
+/// UNAVAILABLE.
+#[test]
+fn a_call_every_backend_failed_is_unavailable() {
+    let env = TestEnv::new("grpc-errors-502");
+    let closer = LoopbackServer::start("a backend that hangs up", |mut conn| {
+        use std::io::Read;
+        let _ = conn.read(&mut [0; 4096]);
+    });
+    let _front = env.run(ContainerSpec::loopback_front("closer", closer.addr.port()).hawser("host", "closer.test"));
+    let h = env.hawser(&env.default_config());
+    h.wait_backends_ready("closer", 1, SECS_10);
+    let (code, details) = grpc_call(&h, "closer.test");
+    assert_eq!(code, "UNAVAILABLE", "details: {details}\nhawser log:\n{}", h.log());
+    assert!(details.contains("no backend of service closer could be reached"), "{details}\nhawser log:\n{}", h.log());
+    assert_eq!(answered(&h, "closer", "5xx"), 1.0);
 }
 
 /// gRPC over HTTP/1.1 (rare, but a content type is all that makes a call gRPC): the same

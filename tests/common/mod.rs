@@ -665,6 +665,18 @@ impl ContainerSpec {
             ..Default::default()
         }
     }
+    /// A `--network host` container that puts a server of the test process, on loopback
+    /// `port`, behind hawser as service `service` (hawser routes such containers to
+    /// `127.0.0.1:PORT`); its own backend listens on a port nobody uses. Add the route.
+    pub fn loopback_front(service: &str, port: u16) -> ContainerSpec {
+        ContainerSpec::new(service)
+            .network("host")
+            .hawser("enable", "true")
+            .hawser("service", service)
+            .hawser("port", &port.to_string())
+            .env("BIND", "127.0.0.1")
+            .env("PORTS", &free_port().to_string())
+    }
     /// Adds a label with a raw key.
     pub fn label(mut self, k: &str, v: &str) -> Self {
         self.labels.push((k.into(), v.into()));
