@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod pebble;
+pub mod python;
 pub mod recorder;
 pub mod tls;
 
