@@ -248,7 +248,9 @@ pub struct ServiceMetrics {
     classes: [IntCounter; 5],
     pub duration: Histogram,
     pub in_flight: IntGauge,
-    /// Open WebSocket tunnels: moved only through [`crate::streams::WebSocketOpen`].
+    /// Open WebSocket tunnels: moved only through [`crate::streams::WebSocketOpen`]. A tunnel
+    /// that outlives its service's series ([`ServiceMetrics::remove`]) ends on the detached
+    /// gauge, so a service that comes back starts again from 0, not from -1.
     pub websockets: IntGauge,
     pub retries: IntCounter,
 }
@@ -333,5 +335,18 @@ mod tests {
         assert!(metrics().render(&[], &[]).contains(r#"backend="c1""#));
         forget_backend("metrics-test", "c1");
         assert!(!metrics().render(&[], &[]).contains(r#"backend="c1""#));
+    }
+
+    #[test]
+    fn a_websocket_that_outlives_its_service_leaves_the_next_one_at_zero() {
+        let before = ServiceMetrics::new("metrics-ws-test");
+        let open = crate::streams::WebSocketOpen::new(&before.websockets);
+        before.remove();
+        let again = ServiceMetrics::new("metrics-ws-test");
+        drop(open);
+        assert_eq!(again.websockets.get(), 0);
+        let text = metrics().render(&[], &[]);
+        assert!(text.contains(r#"hawser_websocket_connections{service="metrics-ws-test"} 0"#), "{text}");
+        again.remove();
     }
 }
