@@ -22,6 +22,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGaugeVec,
+    websockets: IntGaugeVec,
     retries: IntCounterVec,
     connect_errors: IntCounterVec,
     ejections: IntCounterVec,
@@ -102,6 +103,14 @@ impl Metrics {
                 &r,
                 IntGaugeVec::new(Opts::new("hawser_active_requests", "Requests being proxied now, by service."), &["service"])
                     .expect("valid metric"),
+            ),
+            websockets: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("hawser_websocket_connections", "WebSocket tunnels open now through hawser, by service."),
+                    &["service"],
+                )
+                .expect("valid metric"),
             ),
             retries: counter_vec("hawser_retries_total", "Requests retried on another backend.", &["service"]),
             connect_errors: counter_vec(
@@ -239,6 +248,10 @@ pub struct ServiceMetrics {
     classes: [IntCounter; 5],
     pub duration: Histogram,
     pub in_flight: IntGauge,
+    /// Open WebSocket tunnels: moved only through [`crate::streams::WebSocketOpen`]. A tunnel
+    /// that outlives its service's series ([`ServiceMetrics::remove`]) ends on the detached
+    /// gauge, so a service that comes back starts again from 0, not from -1.
+    pub websockets: IntGauge,
     pub retries: IntCounter,
 }
 
@@ -251,6 +264,7 @@ impl ServiceMetrics {
             classes: CLASSES.map(|c| m.requests.with_label_values(&[service, c])),
             duration: m.duration.with_label_values(&[service]),
             in_flight: m.in_flight.with_label_values(&[service]),
+            websockets: m.websockets.with_label_values(&[service]),
             retries: m.retries.with_label_values(&[service]),
         }
     }
@@ -269,6 +283,7 @@ impl ServiceMetrics {
         }
         let _ = m.duration.remove_label_values(&[&self.service]);
         let _ = m.in_flight.remove_label_values(&[&self.service]);
+        let _ = m.websockets.remove_label_values(&[&self.service]);
         let _ = m.retries.remove_label_values(&[&self.service]);
     }
 }
@@ -308,8 +323,10 @@ mod tests {
         s.answered(503);
         s.answered(999);
         s.duration.observe(0.002);
+        s.websockets.inc();
         let text = metrics().render(&[], &[]);
         assert!(text.contains(r#"hawser_requests_total{class="2xx",service="metrics-test"} 1"#), "{text}");
+        assert!(text.contains(r#"hawser_websocket_connections{service="metrics-test"} 1"#), "{text}");
         assert!(text.contains(r#"hawser_requests_total{class="5xx",service="metrics-test"} 1"#), "{text}");
         s.remove();
         assert!(!metrics().render(&[], &[]).contains("metrics-test"));
@@ -318,5 +335,18 @@ mod tests {
         assert!(metrics().render(&[], &[]).contains(r#"backend="c1""#));
         forget_backend("metrics-test", "c1");
         assert!(!metrics().render(&[], &[]).contains(r#"backend="c1""#));
+    }
+
+    #[test]
+    fn a_websocket_that_outlives_its_service_leaves_the_next_one_at_zero() {
+        let before = ServiceMetrics::new("metrics-ws-test");
+        let open = crate::streams::WebSocketOpen::new(&before.websockets);
+        before.remove();
+        let again = ServiceMetrics::new("metrics-ws-test");
+        drop(open);
+        assert_eq!(again.websockets.get(), 0);
+        let text = metrics().render(&[], &[]);
+        assert!(text.contains(r#"hawser_websocket_connections{service="metrics-ws-test"} 0"#), "{text}");
+        again.remove();
     }
 }

@@ -105,6 +105,8 @@ pub struct RequestCtx {
     upstream_target: Option<String>,
     /// Set for WebSocket and server-sent events: `stream_idle_timeout` applies.
     long_lived: Option<LongLived>,
+    /// The backend switched this request to WebSocket: counted open until the request ends.
+    websocket: Option<streams::WebSocketOpen>,
     /// The request came over TLS.
     tls: bool,
     /// The status hawser's own answer to a gRPC call stands for (its 404, 503…): metrics and
@@ -158,6 +160,7 @@ impl ProxyHttp for HawserProxy {
             routed_host: None,
             upstream_target: None,
             long_lived: None,
+            websocket: None,
             tls: false,
             grpc_answered: None,
         }
@@ -362,6 +365,9 @@ impl ProxyHttp for HawserProxy {
             // A tunnel now: its client side is read with the session's read timeout, until
             // here clients.body_timeout, and a quiet WebSocket client is no stalled body.
             session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
+            if ctx.websocket.is_none() && streams::switches_to_websocket(upstream_response) {
+                ctx.websocket = Some(streams::WebSocketOpen::new(&svc.metrics.websockets));
+            }
         }
         if ctx.tls
             && let Some(svc) = &ctx.service
@@ -439,9 +445,12 @@ impl ProxyHttp for HawserProxy {
         e
     }
 
-    /// Every request ends here: metrics, then the access log line.
+    /// Every request ends here: metrics, then the access log line. pingora calls it for an
+    /// upgraded tunnel too, once either side has closed it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         conn::request_done(session.as_downstream().stream());
+        // The tunnel is over: out of the gauge now rather than when pingora drops the context.
+        ctx.websocket = None;
         // A body left unread (answered before it was read: a 404, a refusal, a backend's
         // early 401) would be drained by pingora on the clock of the next request head; close
         // instead, as for any request hawser stops reading.

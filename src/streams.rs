@@ -19,8 +19,13 @@
 //!   a backend failure for passive ejection and is never retried. One the client closes was
 //!   never one (a downstream error). Connect failures, and a backend resetting or closing
 //!   before its answer, count as for any request.
+//! - `hawser_websocket_connections{service}` counts a tunnel from the backend's `101` that
+//!   switches to `websocket` until its request ends, whichever side closes: a
+//!   [`WebSocketOpen`] held in the request's context, so every path (the `logging` hook, an
+//!   error, a task dropped at shutdown) takes it back exactly once.
 
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
+use prometheus::IntGauge;
 use pingora::{Error, ErrorType};
 
 /// Why a request is long-lived.
@@ -46,6 +51,38 @@ pub fn classify(req: &RequestHeader) -> Option<LongLived> {
 /// An error that ends a long-lived exchange because nothing moved for `stream_idle_timeout`.
 pub fn idle_end(e: &Error) -> bool {
     matches!(e.etype(), ErrorType::ReadTimedout)
+}
+
+/// Whether the backend's answer to an upgrade switches the connection to WebSocket: a `101`
+/// whose `Upgrade` names `websocket` (RFC 6455 §4.2.2). Other upgrades are tunnels too, but
+/// not WebSockets.
+pub fn switches_to_websocket(resp: &ResponseHeader) -> bool {
+    resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+        && resp
+            .headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// One open WebSocket tunnel, counted in its service's gauge from creation until drop.
+/// Holding it, rather than pairing an `inc` with a `dec` by hand, makes a leak or a double
+/// decrement impossible whichever way the request ends.
+#[derive(Debug)]
+pub struct WebSocketOpen(IntGauge);
+
+impl WebSocketOpen {
+    pub fn new(gauge: &IntGauge) -> WebSocketOpen {
+        gauge.inc();
+        WebSocketOpen(gauge.clone())
+    }
+}
+
+impl Drop for WebSocketOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// RFC 9110 7.8: `Upgrade` means nothing unless `Connection` lists `upgrade`; HTTP/1.0 has no
@@ -148,6 +185,37 @@ mod tests {
         // An upgrade wins.
         let both = [("Accept", "text/event-stream"), ("Upgrade", "websocket"), ("Connection", "upgrade")];
         assert_eq!(kind(&both), Some(LongLived::Upgrade));
+    }
+
+    fn response(status: u16, upgrade: &[&str]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for u in upgrade {
+            r.append_header("Upgrade", *u).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn websocket_switches() {
+        assert!(switches_to_websocket(&response(101, &["websocket"])));
+        assert!(switches_to_websocket(&response(101, &["WebSocket"])));
+        assert!(switches_to_websocket(&response(101, &["foo, websocket "])));
+        assert!(!switches_to_websocket(&response(101, &["h2c"])));
+        assert!(!switches_to_websocket(&response(101, &[])));
+        assert!(!switches_to_websocket(&response(200, &["websocket"])));
+        assert!(!switches_to_websocket(&response(426, &["websocket"])));
+    }
+
+    #[test]
+    fn an_open_websocket_counts_until_dropped() {
+        let gauge = IntGauge::new("streams_test_websockets", "test").unwrap();
+        let a = WebSocketOpen::new(&gauge);
+        let b = WebSocketOpen::new(&gauge);
+        assert_eq!(gauge.get(), 2);
+        drop(a);
+        assert_eq!(gauge.get(), 1);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
     }
 
     #[test]

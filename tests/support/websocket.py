@@ -1,0 +1,118 @@
+"""A WebSocket echo server and a checking client on Python's `websockets`, for tests/websocket.rs.
+
+    websocket.py serve               echo server on 127.0.0.1, a port of its own; prints the port
+    websocket.py client ADDR HOST N  connects to ws://HOST/echo over a TCP connection to ADDR
+                                     (hawser), checks N echoes in order, ping/pong, then prints
+                                     "open" and waits for a line on stdin before asking the
+                                     server to close; prints "closed CODE REASON" and exits 0.
+
+The client exits non-zero with the reason on stderr at the first thing that is not as expected.
+"""
+
+import socket
+import sys
+
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+# Asks the echo server to end the connection itself, with 1000 "bye".
+CLOSE_ME = "close me"
+
+
+def echo(ws):
+    for message in ws:
+        if message == CLOSE_ME:
+            ws.close(1000, "bye")
+            return
+        ws.send(message)
+
+
+def run_server():
+    with serve(echo, "127.0.0.1", 0) as server:
+        print(server.socket.getsockname()[1], flush=True)
+        server.serve_forever()
+
+
+def message(i):
+    """Message i: text and binary in turn, of varied lengths, each naming its number."""
+    if i % 2:
+        return f"text {i} " + "x" * (i % 300)
+    return i.to_bytes(4, "big") + bytes(range(256)) * (i % 5)
+
+
+def open_connection(addr, host):
+    ip, port = addr.rsplit(":", 1)
+    sock = socket.create_connection((ip, int(port)), timeout=5)
+    return connect(f"ws://{host}/echo", sock=sock, open_timeout=5, close_timeout=5)
+
+
+def fail(why):
+    print(why, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def echo_in_order(ws, first, count, window=100):
+    """Sends `window` messages before reading their echoes, so frames queue in both directions."""
+    i = first
+    while i < count:
+        batch = [message(j) for j in range(i, min(i + window, count))]
+        for m in batch:
+            ws.send(m)
+        for j, m in enumerate(batch):
+            got = ws.recv(timeout=5)
+            if got != m:
+                fail(f"echo {i + j}: sent {m[:40]!r} ({type(m).__name__}), got {got[:40]!r} ({type(got).__name__})")
+        i += len(batch)
+
+
+def run_client(addr, host, count):
+    for attempt in (1, 2):
+        with open_connection(addr, host) as ws:
+            try:
+                echo_in_order(ws, 0, 1)
+            except ConnectionClosed as e:
+                # pingora 0.9 ends about one tunnel in 60 right after its 101, before either
+                # side sent anything (README, "Known defect"): a real client reconnects, so
+                # this one does, once. Anything later, or twice in a row, fails the test.
+                if attempt == 2:
+                    fail(f"the second tunnel too ended right after its 101: {e}")
+                print(f"the first tunnel ended right after its 101 ({e}); connecting again", file=sys.stderr, flush=True)
+                continue
+            check_then_close(ws, count)
+            return
+
+
+def check_then_close(ws, count):
+    echo_in_order(ws, 1, count)
+    big = bytes(range(256)) * 2048  # 512 KiB: many TCP segments, one message
+    ws.send(big)
+    if ws.recv(timeout=5) != big:
+        fail("the 512 KiB message came back different")
+    if not ws.ping(b"are you there").wait(5):
+        fail("no pong within 5 s")
+    print("open", flush=True)
+    sys.stdin.readline()
+    ws.send(CLOSE_ME)
+    try:
+        got = ws.recv(timeout=5)
+        fail(f"expected the server's close, got a message {got!r}")
+    except ConnectionClosedOK as e:
+        if e.rcvd is None:
+            fail("the connection closed without the server's close frame")
+        print(f"closed {e.rcvd.code} {e.rcvd.reason}", flush=True)
+    except ConnectionClosed as e:
+        fail(f"the close handshake did not complete: {e}")
+
+
+def main():
+    if sys.argv[1:2] == ["serve"]:
+        run_server()
+    elif sys.argv[1:2] == ["client"] and len(sys.argv) == 5:
+        run_client(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        fail(__doc__)
+
+
+if __name__ == "__main__":
+    main()
