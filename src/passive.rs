@@ -23,6 +23,9 @@ pub struct BackendLive {
     pub metrics: BackendMetrics,
     failures: AtomicU32,
     ejected: AtomicBool,
+    /// A failed TLS handshake was logged at warn; the next ones go to debug until a request
+    /// succeeds (a wrong certificate fails every request: one line says it).
+    tls_failure_told: AtomicBool,
 }
 
 impl BackendLive {
@@ -35,11 +38,21 @@ impl BackendLive {
             metrics: BackendMetrics::new(service, container_name),
             failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
+            tls_failure_told: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this TLS handshake failure is the first since the backend last answered:
+    /// the one to log at warn.
+    pub fn first_tls_failure(&self) -> bool {
+        !self.tls_failure_told.swap(true, Ordering::Relaxed)
     }
 
     /// A response that was not a gateway error: the run of failures is over.
     pub fn record_success(&self) {
+        if self.tls_failure_told.load(Ordering::Relaxed) {
+            self.tls_failure_told.store(false, Ordering::Relaxed);
+        }
         // Read first: the common case writes nothing, so the cache line stays shared.
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);

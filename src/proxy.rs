@@ -208,6 +208,10 @@ impl ProxyHttp for HawserProxy {
         }
         match self.runtime.route(host, &target.path) {
             Some(svc) if !ctx.tls && self.https.is_some() && svc.site.load().redirect => {
+                if host.is_empty() {
+                    // HTTP/1.0 without Host on an any-host route: no name to send it to.
+                    return Err(refuse(ctx, Reject::new(400, "this site is served over HTTPS only, and the request names no Host")));
+                }
                 let https = self.https.as_ref().expect("checked");
                 let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
                 let location = https.redirect_location(host, pq);
@@ -431,7 +435,13 @@ impl ProxyHttp for HawserProxy {
         if let Some(svc) = &ctx.service {
             if crate::upstream::is_tls_error(&e) {
                 let backend = ctx.backend.as_ref().map_or("?", |b| b.container_name.as_str());
-                warn!(
+                let level = if ctx.backend.as_ref().is_none_or(|b| b.first_tls_failure()) {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
                     "service {}: backend {backend} ({}): {}{then}",
                     svc.name,
                     peer._address,

@@ -699,7 +699,7 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
         HostPattern::Exact(h) => Some(h.clone()),
         _ => None,
     });
-    let dial = Arc::new(dial_of(plan));
+    let dial = Arc::new(dial_of(plan).for_probes());
     plan.backends
         .iter()
         .filter(|b| b.gate.is_none_or(|g| g.probe_anyway()))

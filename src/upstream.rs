@@ -133,6 +133,14 @@ impl Default for Dial {
 }
 
 impl Dial {
+    /// The dial a health probe uses: probes send `default_name` only, so the list of hosts
+    /// is dropped. A probe target that kept it would look changed whenever a host is added
+    /// to the service, and be probed again from `starting`, out of rotation.
+    pub fn for_probes(mut self) -> Dial {
+        self.hosts.clear();
+        self
+    }
+
     pub fn new(upstream: &UpstreamTls, routes: &[RouteKey]) -> Dial {
         let dns = |h: &&String| matches!(ServerName::try_from(h.as_str()), Ok(ServerName::DnsName(_)));
         let exact = routes.iter().filter_map(|r| match &r.host {

@@ -23,7 +23,8 @@ pub struct HttpsEdge {
 impl HttpsEdge {
     /// The `Location` for a cleartext request to `host` with `path_and_query`.
     pub fn redirect_location(&self, host: &str, path_and_query: &str) -> String {
-        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        // An IPv6 literal as the Host parser keeps it (`[::1]`) is already bracketed.
+        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
         let port = if self.port == 443 { String::new() } else { format!(":{}", self.port) };
         let pq = if path_and_query.starts_with('/') { path_and_query } else { "/" };
         format!("https://{host}{port}{pq}")
@@ -40,5 +41,6 @@ mod tests {
         assert_eq!(e.redirect_location("a.test", "/x?y=1"), "https://a.test/x?y=1");
         let e = HttpsEdge { port: 8443, ..e };
         assert_eq!(e.redirect_location("::1", "*"), "https://[::1]:8443/");
+        assert_eq!(e.redirect_location("[::1]", "/a"), "https://[::1]:8443/a");
     }
 }
