@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +86,10 @@ pub struct Service {
     wake: Notify,
     pending: Mutex<Option<Cause>>,
     closed: AtomicBool,
+    /// Snapshots published, and how many of them the load balancer has taken: the selector
+    /// is live with the latest snapshot when the two are equal.
+    published: AtomicU64,
+    live: AtomicU64,
 }
 
 impl Service {
@@ -105,6 +109,8 @@ impl Service {
             wake: Notify::new(),
             pending: Mutex::new(None),
             closed: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            live: AtomicU64::new(0),
         });
         tokio::spawn(run_updates(Arc::clone(&svc)));
         svc
@@ -119,6 +125,7 @@ impl Service {
             }
             *current = Arc::new(next);
         }
+        self.published.fetch_add(1, Ordering::AcqRel);
         let mut pending = self.pending.lock().expect("pending lock");
         // Several changes before the updater runs: report the oldest event's delay.
         match pending.as_mut() {
@@ -127,6 +134,11 @@ impl Service {
         }
         drop(pending);
         self.wake.notify_one();
+    }
+
+    /// Whether the selector has taken the latest snapshot.
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire) >= self.published.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -150,10 +162,14 @@ async fn run_updates(svc: Arc<Service>) {
         }
         let cause = svc.pending.lock().expect("pending lock").take();
         let started = Instant::now();
+        // Read before the update reads the snapshot: a later publish leaves `live` behind
+        // and wakes this loop again.
+        let target = svc.published.load(Ordering::Acquire);
         if let Err(e) = svc.lb.update().await {
             warn!("service {}: load balancer update failed: {e}", svc.name);
             continue;
         }
+        svc.live.store(target, Ordering::Release);
         let snapshot = svc.snapshot();
         let (total, ready) = (snapshot.backends.len(), snapshot.ready_count());
         let Some(cause) = cause else { continue };
@@ -560,11 +576,18 @@ impl Runtime {
         service.publish(snapshot, &Cause { what: format!("return of {}", live.container_name), event_nanos: None });
     }
 
-    /// Waits until no current probe target is still waiting for its first result, at most
+    /// Waits until no current probe target is still waiting for its first result and every
+    /// service's selector is live with what the probes said, at most
     /// `limit`. Only used once, at start, so a short poll is simpler than a notification.
     pub async fn wait_initial_probes(&self, limit: std::time::Duration) {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline && self.state().probes.values().any(|s| *s == ProbeStatus::Starting) {
+        // Until every first probe has an answer and every selector is live with it: a probe
+        // that passed is no ready backend until its service's load balancer has taken it.
+        let settled = || {
+            let st = self.state();
+            !st.probes.values().any(|s| *s == ProbeStatus::Starting) && st.services.values().all(|s| s.is_live())
+        };
+        while Instant::now() < deadline && !settled() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
