@@ -65,16 +65,13 @@ pub fn render(services: &[ServiceView], containers: &[ContainerView], docker_con
     if !certificates.is_empty() {
         h.push_str("<h2>Certificates</h2>\n<table id=\"certificates\">\n<tr><th>Host</th><th>Service</th><th>Source</th><th>Valid until</th><th>Next renewal</th><th>Error</th></tr>\n");
         for c in certificates {
-            let source = match c.source {
-                Some(s) => format!("{s:?}").to_ascii_lowercase(),
-                None => "none (handshakes refused)".to_string(),
-            };
+            let source = c.source.map_or("none (handshakes refused)", |s| s.as_str());
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
                 esc(c.host.as_deref().or(c.file.as_deref()).unwrap_or("")),
                 esc(c.service.as_deref().unwrap_or("")),
-                esc(&source),
+                esc(source),
                 esc(c.not_after.as_deref().unwrap_or("")),
                 esc(c.next_renewal.as_deref().unwrap_or("")),
                 if c.error.is_some() { "unhealthy" } else { "" },

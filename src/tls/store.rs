@@ -30,6 +30,17 @@ pub enum Source {
     Default,
 }
 
+impl Source {
+    /// The name `/api/certificates` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Acme => "acme",
+            Source::Default => "default",
+        }
+    }
+}
+
 /// One certificate in the table.
 #[derive(Debug)]
 pub struct Entry {
