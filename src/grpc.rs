@@ -12,7 +12,10 @@
 //! - `grpc-message` holds only bytes 0x20–0x7E: every other byte of the message's UTF-8, and
 //!   `%`, is percent-encoded (`%XX`), so any message is a valid header value.
 //! - The gRPC code stands for the HTTP status hawser decided (see [`code_for`]); that decided
-//!   status, not the 200 on the wire, is what metrics and the access log count.
+//!   status, not the 200 on the wire, is what metrics and the access log count. A call whose
+//!   `grpc-timeout` passed before any answer is DEADLINE_EXCEEDED, counted as a 504.
+//! - A `grpc-timeout` is read as the spec writes it (1 to 8 digits and one of `HMSmun`);
+//!   anything else is no deadline for hawser (the backend gets the header as sent).
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -21,6 +24,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 #[repr(u8)]
 pub enum Code {
     Unknown = 2,
+    DeadlineExceeded = 4,
     NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
@@ -73,12 +77,36 @@ pub fn encode_message(message: &str) -> String {
     out
 }
 
-/// hawser's answer to a gRPC request that it does not pass on, for the HTTP status it decided
-/// and the message that says why (a trailing newline is dropped).
-pub fn answer(status: u16, message: &str) -> pingora::Result<ResponseHeader> {
+/// The call's deadline from now, from its `grpc-timeout` (see the module's invariants).
+pub fn timeout(req: &RequestHeader) -> Option<std::time::Duration> {
+    parse_timeout(req.headers.get("grpc-timeout")?.as_bytes())
+}
+
+fn parse_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 8 digits: no overflow in u64 for any unit.
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// hawser's answer to a gRPC request that it does not pass on, with gRPC status `code` and
+/// the message that says why (a trailing newline is dropped).
+pub fn answer(code: Code, message: &str) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(200, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    resp.insert_header("grpc-status", (code_for(status) as u8).to_string())?;
+    resp.insert_header("grpc-status", (code as u8).to_string())?;
     resp.insert_header("grpc-message", encode_message(message.trim_end()))?;
     // HTTP/1.1 needs the framing; over HTTP/2 it is true and harmless.
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
@@ -109,6 +137,21 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_are_read_as_the_spec_writes_them() {
+        use std::time::Duration;
+        assert_eq!(parse_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout(b"3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_timeout(b"250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_timeout(b"99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+        for bad in [&b""[..], b"m", b"100", b"123456789m", b"-1S", b"1.5S", b"10s", b"10 m", b" 10m", b"10x", "１S".as_bytes()] {
+            assert_eq!(parse_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn statuses_map_to_the_codes_clients_act_on() {
         assert_eq!(code_for(404), Code::NotFound);
         for s in [502, 503, 504, 429] {
@@ -128,12 +171,12 @@ mod tests {
 
     #[test]
     fn an_answer_is_a_200_that_carries_the_status_in_its_headers() {
-        let resp = answer(503, "hawser: service api has no ready backend\n").unwrap();
+        let resp = answer(code_for(503), "hawser: service api has no ready backend\n").unwrap();
         assert_eq!(resp.status, 200);
         let h = |n: &str| resp.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(h("content-type").as_deref(), Some("application/grpc"));
         assert_eq!(h("grpc-status").as_deref(), Some("14"));
         assert_eq!(h("grpc-message").as_deref(), Some("hawser: service api has no ready backend"));
-        assert_eq!(answer(404, "x").unwrap().headers["grpc-status"], "5");
+        assert_eq!(answer(code_for(404), "x").unwrap().headers["grpc-status"], "5");
     }
 }

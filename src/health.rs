@@ -10,6 +10,11 @@
 //! A TLS backend (`scheme: https`) is probed over TLS, through pingora's own connector and
 //! the peer [`crate::upstream::Dial`] builds for requests: same SNI, same verification, same
 //! roots. A TCP check of such a backend is a full TLS handshake.
+//!
+//! An HTTP/2 backend (`scheme: h2c` or `h2`) is probed in HTTP/2 ([`exchange_h2`]), the only
+//! protocol it may speak: an HTTP check is a GET, a gRPC check the standard
+//! `grpc.health.v1.Health/Check` call, which passes only on `grpc-status: 0` and the status
+//! `SERVING`. Answers are read up to 4 KiB.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -175,16 +180,173 @@ pub async fn probe_once(target: &ProbeTarget) -> Result<(), ProbeFailure> {
                 why: crate::upstream::describe_connect_error(&e),
                 tls: crate::upstream::is_tls_error(&e),
             })?;
-            exchange(stream, target).await.map_err(ProbeFailure::other)
+            exchange_any(stream, target).await.map_err(ProbeFailure::other)
         } else {
             let stream = TcpStream::connect(target.addr).await.map_err(|e| ProbeFailure::other(format!("cannot connect: {e}")))?;
-            exchange(stream, target).await.map_err(ProbeFailure::other)
+            exchange_any(stream, target).await.map_err(ProbeFailure::other)
         }
     };
     match tokio::time::timeout(target.policy.timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ProbeFailure::other(format!("no answer within {:?}", target.policy.timeout))),
     }
+}
+
+/// The probe's exchange in the protocol the service's scheme speaks.
+async fn exchange_any<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, target: &ProbeTarget) -> Result<(), String> {
+    if target.dial.scheme.is_h2() && target.probe != Probe::Tcp {
+        exchange_h2(stream, target).await
+    } else {
+        exchange(stream, target).await
+    }
+}
+
+/// The largest answer body an HTTP/2 probe reads.
+const MAX_PROBE_BODY: usize = 4096;
+
+/// An HTTP/2 probe on a connected stream (see the module doc).
+async fn exchange_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, target: &ProbeTarget) -> Result<(), String> {
+    let (client, connection) = h2::client::Builder::new()
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    // The connection's driver ends with this probe, whichever way it ends.
+    let _driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let mut client = client.ready().await.map_err(|e| format!("HTTP/2 connection failed: {e}"))?;
+    let grpc = target.probe == Probe::Grpc;
+    let path = match &target.probe {
+        Probe::Http { path } => path.as_str(),
+        _ => GRPC_HEALTH_CHECK,
+    };
+    let scheme = if target.dial.is_tls() { "https" } else { "http" };
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(target.host.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("cannot make the request for {:?}{path:?}: {e}", target.host))?;
+    let mut request = http::Request::builder()
+        .method(if grpc { http::Method::POST } else { http::Method::GET })
+        .uri(uri)
+        .header(http::header::USER_AGENT, "hawser-health-check");
+    if grpc {
+        request = request.header(http::header::CONTENT_TYPE, "application/grpc").header(http::header::TE, "trailers");
+    }
+    let request = request.body(()).map_err(|e| format!("cannot make the request: {e}"))?;
+    let (response, mut send) = client.send_request(request, !grpc).map_err(|e| format!("cannot send the request: {e}"))?;
+    if grpc {
+        // One empty HealthCheckRequest (service ""): the server's own health.
+        send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).map_err(|e| format!("cannot send the request: {e}"))?;
+    }
+    let response = response.await.map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status();
+    if !grpc {
+        return if (200..=399).contains(&status.as_u16()) { Ok(()) } else { Err(format!("answered HTTP/2 {status}")) };
+    }
+    if status != http::StatusCode::OK {
+        return Err(format!("answered HTTP/2 {status} to the gRPC health check"));
+    }
+    // Trailers-Only: the status came with the headers, and there is no message.
+    if let Some(failed) = grpc_failure(response.headers()) {
+        return Err(failed);
+    }
+    let mut body = response.into_body();
+    let mut message = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("cannot read the answer: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if message.len() + chunk.len() > MAX_PROBE_BODY {
+            return Err(format!("the gRPC health answer is over {MAX_PROBE_BODY} bytes"));
+        }
+        message.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.map_err(|e| format!("cannot read the answer's trailers: {e}"))?;
+    match trailers.as_ref().and_then(grpc_failure) {
+        Some(failed) => Err(failed),
+        None if trailers.as_ref().is_none_or(|t| !t.contains_key("grpc-status")) => Err("the gRPC health answer has no grpc-status".into()),
+        None => serving(&message),
+    }
+}
+
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A `grpc-status` other than 0 in `headers`, told with its `grpc-message` (shown escaped
+/// and short: the backend's bytes reach logs and the admin API).
+fn grpc_failure(headers: &http::HeaderMap) -> Option<String> {
+    let status = headers.get("grpc-status")?;
+    if status.as_bytes() == b"0" {
+        return None;
+    }
+    let message = headers.get("grpc-message").map(|m| String::from_utf8_lossy(&m.as_bytes()[..m.len().min(80)]).into_owned());
+    Some(match message {
+        Some(m) if !m.is_empty() => format!("gRPC health check failed: grpc-status {:?}, {m:?}", String::from_utf8_lossy(status.as_bytes())),
+        _ => format!("gRPC health check failed: grpc-status {:?}", String::from_utf8_lossy(status.as_bytes())),
+    })
+}
+
+/// Whether a gRPC health answer (one length-prefixed `HealthCheckResponse`) says SERVING.
+fn serving(message: &[u8]) -> Result<(), String> {
+    let Some((head, body)) = message.split_at_checked(5) else {
+        return Err("the gRPC health answer has no message".into());
+    };
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if head[0] != 0 || len != body.len() {
+        return Err("the gRPC health answer is not one uncompressed message".into());
+    }
+    match health_status(body) {
+        Some(1) => Ok(()),
+        Some(2) => Err("gRPC health: NOT_SERVING".into()),
+        Some(3) => Err("gRPC health: SERVICE_UNKNOWN".into()),
+        // proto3 leaves a zero field out: no status field is UNKNOWN (0).
+        Some(0) | None => Err("gRPC health: UNKNOWN".into()),
+        Some(n) => Err(format!("gRPC health: unknown status {n}")),
+    }
+}
+
+/// Field 1 (`status`, a varint) of a `HealthCheckResponse`; other fields are skipped.
+/// `None` when absent or when the message does not parse.
+fn health_status(mut msg: &[u8]) -> Option<u64> {
+    fn varint(msg: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = msg.split_first()?;
+            *msg = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut status = None;
+    while !msg.is_empty() {
+        let key = varint(&mut msg)?;
+        let skip = match key & 7 {
+            0 => {
+                let v = varint(&mut msg)?;
+                if key >> 3 == 1 {
+                    status = Some(v);
+                }
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut msg)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        msg = msg.get(skip..)?;
+    }
+    status
 }
 
 /// The probe's request and the status line of its answer, on a connected stream.
@@ -264,6 +426,26 @@ mod tests {
         assert_eq!(longest, FAST_RETRY, "within the window a listening backend waits at most 10 ms");
         // 200 in the first 2 s, about 25 up to 20 s, then one per 2 s.
         assert!((240..=250).contains(&probes), "{probes} probes in a minute");
+    }
+
+    #[test]
+    fn grpc_health_answers() {
+        assert_eq!(serving(&[0, 0, 0, 0, 2, 0x08, 1]), Ok(()));
+        assert_eq!(serving(&[0, 0, 0, 0, 2, 0x08, 2]), Err("gRPC health: NOT_SERVING".into()));
+        assert_eq!(serving(&[0, 0, 0, 0, 0]), Err("gRPC health: UNKNOWN".into()));
+        // Unknown fields before the status are skipped.
+        assert_eq!(serving(&[0, 0, 0, 0, 6, 0x12, 2, b'h', b'i', 0x08, 1]), Ok(()));
+        assert!(serving(&[0, 0, 0, 0, 9, 0x08, 1]).is_err(), "length mismatch");
+        assert!(serving(&[1, 0, 0, 0, 2, 0x08, 1]).is_err(), "compressed");
+        assert!(serving(&[0, 0, 0]).is_err());
+        assert_eq!(health_status(&[0x08, 0xff]), None, "truncated varint");
+        assert_eq!(health_status(&[0x12, 0x7f]), None, "field longer than the message");
+        assert_eq!(health_status(&[0x0b]), None, "group wire type");
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_failure(&headers), None);
+        headers.insert("grpc-status", "14".parse().unwrap());
+        headers.insert("grpc-message", "down\r\nX-Evil: 1".parse().unwrap_or(http::HeaderValue::from_static("down")));
+        assert!(grpc_failure(&headers).unwrap().starts_with("gRPC health check failed: grpc-status \"14\""));
     }
 
     #[test]

@@ -103,8 +103,10 @@ pub struct RequestCtx {
     /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
     /// target was already that.
     upstream_target: Option<String>,
-    /// Set for WebSocket and server-sent events: `stream_idle_timeout` applies.
+    /// Set for WebSocket, server-sent events and gRPC: `stream_idle_timeout` applies.
     long_lived: Option<LongLived>,
+    /// A gRPC call's deadline, from its `grpc-timeout`: no upstream read waits past it.
+    deadline: Option<std::time::Instant>,
     /// The backend switched this request to WebSocket: counted open until the request ends.
     websocket: Option<streams::WebSocketOpen>,
     /// The request came over TLS.
@@ -160,6 +162,7 @@ impl ProxyHttp for HawserProxy {
             routed_host: None,
             upstream_target: None,
             long_lived: None,
+            deadline: None,
             websocket: None,
             tls: false,
             grpc_answered: None,
@@ -223,6 +226,9 @@ impl ProxyHttp for HawserProxy {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
                 ctx.long_lived = streams::classify(req);
+                if ctx.long_lived == Some(LongLived::Grpc) {
+                    ctx.deadline = grpc::timeout(req).and_then(|t| ctx.started.checked_add(t));
+                }
                 ctx.upstream_target = target.upstream_target(req);
                 ctx.routed_host = target.host_value();
                 // An upgrade without a body has nothing for clients.body_timeout to time: the
@@ -256,15 +262,30 @@ impl ProxyHttp for HawserProxy {
         let Some(addr) = backend.addr.as_inet().copied() else {
             return Err(Error::explain(ErrorType::InternalError, "backend without an IP address"));
         };
+        // A gRPC call whose deadline passed (a retry after a slow failure) is not sent again.
+        let now = std::time::Instant::now();
+        if ctx.deadline.is_some_and(|d| d <= now) {
+            return Err(Error::explain(ErrorType::HTTPStatus(504), "the gRPC call's deadline passed"));
+        }
         ctx.backend = backend.ext.get::<Arc<BackendLive>>().cloned();
         ctx.tried.push(addr);
         // Cleartext, or TLS with the name and roots the service's settings give (never an
         // empty SNI, which would turn verification off): see crate::upstream.
         let host = ctx.routed_host.as_ref().and_then(|h| h.to_str().ok());
-        let mut peer = svc.upstream.load().peer(addr, host);
+        let upstream = svc.upstream.load();
+        let mut peer = upstream.peer(addr, host);
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
-        peer.options.read_timeout =
-            Some(if ctx.long_lived.is_some() { svc.proxy.stream_idle_timeout } else { svc.proxy.read_timeout });
+        let read_timeout = match (ctx.long_lived, ctx.deadline) {
+            // Within the idle bound: a far deadline waits no longer than any stream.
+            (_, Some(deadline)) => (deadline - now).min(svc.proxy.stream_idle_timeout),
+            (Some(_), None) => svc.proxy.stream_idle_timeout,
+            (None, None) => svc.proxy.read_timeout,
+        };
+        peer.options.read_timeout = Some(read_timeout);
+        if upstream.scheme.is_h2() {
+            peer.options.max_h2_streams = svc.proxy.h2_streams_per_connection as usize;
+            peer.options.h2_ping_interval = svc.proxy.h2_ping_interval;
+        }
         Ok(Box::new(peer))
     }
 
@@ -506,13 +527,14 @@ impl ProxyHttp for HawserProxy {
             debug!("refused a request from {:?}: {} {}", session.client_addr(), reject.status, reject.reason);
             self.refused.inc();
             session.set_keepalive(None);
-            if let Err(err) = respond(session, reject.status, reject.body(), &[("Connection", "close")]).await {
+            if let Err(err) = answer(session, ctx, reject.status, reject.body(), &[("Connection", "close")]).await {
                 debug!("could not send the {} response: {err}", reject.status);
             }
             return FailToProxy { error_code: reject.status, can_reuse_downstream: false };
         }
         let service = ctx.service.as_ref().map_or("?", |s| s.name.as_str());
         let code = match e.etype() {
+            _ if deadline_passed(ctx, e) => 504,
             ErrorType::HTTPStatus(code) => *code,
             _ if client_went_away(e) => {
                 debug!("service {service}: the client went away: {e}");
@@ -537,6 +559,10 @@ impl ProxyHttp for HawserProxy {
         }
         let result = match code {
             0 => Ok(()),
+            504 if ctx.deadline.is_some() => {
+                let body = format!("hawser: the call's deadline (grpc-timeout) passed before service {service} answered\n");
+                answer(session, ctx, 504, body, &[]).await
+            }
             503 => {
                 let body = format!("hawser: service {service} has no ready backend\n");
                 answer(session, ctx, 503, body, &[("Retry-After", "1")]).await
@@ -697,6 +723,13 @@ impl Tried {
 }
 
 /// The client closed or broke its connection: there is nobody to answer.
+/// A gRPC call that ended because its deadline passed: the upstream read that timed out was
+/// bounded by it, or a retry found it gone.
+fn deadline_passed(ctx: &RequestCtx, e: &Error) -> bool {
+    ctx.deadline.is_some_and(|d| d <= std::time::Instant::now())
+        && (matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::HTTPStatus(504)))
+}
+
 fn client_went_away(e: &Error) -> bool {
     *e.esource() == ErrorSource::Downstream
         && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed)
@@ -715,7 +748,8 @@ async fn answer(
         return respond(session, status, body, headers).await;
     }
     ctx.grpc_answered = Some(status);
-    let resp = Box::new(grpc::answer(status, &body)?);
+    let code = if status == 504 && ctx.deadline.is_some() { grpc::Code::DeadlineExceeded } else { grpc::code_for(status) };
+    let resp = Box::new(grpc::answer(code, &body)?);
     match session.as_downstream_mut() {
         // "Trailers-Only": grpc-status in the one HEADERS frame, which ends the stream. The
         // proxy session's write_response_header does not pass its end_of_stream on to an H2

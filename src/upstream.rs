@@ -4,6 +4,10 @@
 //! pingora `HttpPeer` from [`Dial::peer`], so a backend that passes its probe is spoken to
 //! the same way by requests, and a TLS backend is never probed in cleartext.
 //!
+//! Schemes `h2c` and `h2` speak HTTP/2 to the backend (prior knowledge, or ALPN `h2` alone
+//! over TLS); requests share connections, up to the service's `h2_streams_per_connection`
+//! each, which the proxy sets on the peer with the ping interval.
+//!
 //! Invariants:
 //! - Certificates are verified unless the service says `tls_verify: false`. The SNI is never
 //!   empty: pingora's rustls connector silently skips all verification for an empty SNI.
@@ -180,6 +184,16 @@ impl Dial {
     /// The pingora peer for `addr`, for a request routed on `host` (`None` for a probe).
     /// Timeouts are the caller's to set.
     pub fn peer(&self, addr: SocketAddr, host: Option<&str>) -> HttpPeer {
+        let mut peer = self.peer_of_scheme(addr, host);
+        if self.scheme.is_h2() {
+            // HTTP/2 only: with prior knowledge in cleartext (pingora speaks h2c when the least
+            // version is 2 and there is no TLS), by ALPN `h2` alone over TLS.
+            peer.options.set_http_version(2, 2);
+        }
+        peer
+    }
+
+    fn peer_of_scheme(&self, addr: SocketAddr, host: Option<&str>) -> HttpPeer {
         if !self.is_tls() {
             return HttpPeer::new(addr, false, String::new());
         }
@@ -197,10 +211,17 @@ impl Dial {
     /// `HTTPS GET /healthz`.
     pub fn probe_words(&self, probe: &crate::catalog::Probe) -> String {
         use crate::catalog::Probe;
-        match (probe, self.is_tls()) {
-            (Probe::Tcp, true) => "TLS handshake".to_string(),
-            (Probe::Http { path }, true) => format!("HTTPS GET {path}"),
-            (probe, false) => probe.to_string(),
+        let over = match self.scheme {
+            Scheme::Http => "",
+            Scheme::H2c => " over h2c",
+            Scheme::Https => "",
+            Scheme::H2 => " over TLS (h2)",
+        };
+        match (probe, self.scheme) {
+            (Probe::Tcp, Scheme::Https | Scheme::H2) => "TLS handshake".to_string(),
+            (Probe::Http { path }, Scheme::Https) => format!("HTTPS GET {path}"),
+            (Probe::Tcp, _) => probe.to_string(),
+            (probe, _) => format!("{probe}{over}"),
         }
     }
 }

@@ -20,6 +20,7 @@ pub struct Labels {
     pub network: Option<String>,
     pub weight: Option<usize>,
     pub health_path: Option<String>,
+    pub health_kind: Option<crate::config::CheckKind>,
     /// `tls`, `tls.redirect`, `tls.hsts`, `scheme`, `tls.server_name`, `tls.ca`,
     /// `tls.verify`: see [`super::tls`].
     pub tls: Option<bool>,
@@ -58,6 +59,7 @@ const KEYS: &[&str] = &[
     "network",
     "weight",
     "healthcheck.path",
+    "healthcheck.type",
     "tls",
     "tls.redirect",
     "tls.hsts",
@@ -104,6 +106,7 @@ impl Labels {
                     _ => return Err(fail(format!("weight must be a whole number from 1 to {MAX_WEIGHT}"))),
                 },
                 "healthcheck.path" => out.health_path = Some(parse_path_prefix(v).map_err(fail)?),
+                "healthcheck.type" => out.health_kind = Some(crate::config::CheckKind::parse(v).map_err(fail)?),
                 "tls" => out.tls = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
                 "tls.redirect" => out.redirect = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
                 "tls.hsts" => out.hsts = Some(crate::config::tls::parse_hsts(v).map_err(fail)?),
@@ -157,6 +160,7 @@ mod tests {
             ("hawser.network", "web"),
             ("hawser.weight", "3"),
             ("hawser.healthcheck.path", "/healthz"),
+            ("hawser.healthcheck.type", "GRPC"),
             ("other.label", "ignored"),
             ("hawserx.port", "not ours"),
         ])
@@ -168,6 +172,9 @@ mod tests {
         assert_eq!((l.port, l.weight), (Some(8080), Some(3)));
         assert_eq!(l.network.as_deref(), Some("web"));
         assert_eq!(l.health_path.as_deref(), Some("/healthz"));
+        assert_eq!(l.health_kind, Some(crate::config::CheckKind::Grpc));
+        let e = parse(&[("hawser.healthcheck.type", "udp")]).unwrap_err();
+        assert!(e.to_string().contains("expected http, tcp or grpc"), "{e}");
     }
 
     #[test]

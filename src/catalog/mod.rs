@@ -98,6 +98,8 @@ impl std::fmt::Display for Gate {
 pub enum Probe {
     Tcp,
     Http { path: String },
+    /// `grpc.health.v1.Health/Check` with an empty service name: the server's own health.
+    Grpc,
 }
 
 impl std::fmt::Display for Probe {
@@ -105,6 +107,7 @@ impl std::fmt::Display for Probe {
         match self {
             Probe::Tcp => f.write_str("TCP connect"),
             Probe::Http { path } => write!(f, "HTTP GET {path}"),
+            Probe::Grpc => f.write_str("gRPC Health/Check"),
         }
     }
 }
@@ -371,8 +374,9 @@ impl Catalog {
             });
             // TLS settings before routes: a container that contradicts them claims nothing.
             let (mut site, mut upstream, mut set_by) = (plan.site.clone(), plan.upstream.clone(), plan.tls_set_by.clone());
+            let probe = probe_for(&plan.health, cand.labels.health_kind, cand.labels.health_path.as_deref());
             if let Err(reason) = tls::merge(&mut site, &mut upstream, &mut set_by, plan.from_config, prefix, &c.name, &cand.labels, &env.ca_files)
-                .and_then(|()| tls::supported(upstream.scheme))
+                .and_then(|()| tls::probe_fits(&probe, upstream.scheme))
             {
                 if plan.routes.is_empty() && plan.backends.is_empty() && !plan.from_config {
                     self.services.remove(&cand.service);
@@ -418,7 +422,7 @@ impl Catalog {
                 container_name: c.name.clone(),
                 addr,
                 weight: cand.labels.weight.unwrap_or(1),
-                probe: probe_for(&plan.health, cand.labels.health_path.as_deref()),
+                probe,
                 gate,
                 stop_timeout: c.stop_timeout,
             });
@@ -571,11 +575,13 @@ fn docker_gate(c: &Container) -> Option<Gate> {
     }
 }
 
-/// HTTP when a path is known (label, then service or defaults) unless TCP was asked for.
-fn probe_for(health: &HealthPolicy, label_path: Option<&str>) -> Probe {
+/// The label's type, else the service's or the defaults'; HTTP when a path is known (label,
+/// then service or defaults) unless TCP or gRPC was asked for.
+fn probe_for(health: &HealthPolicy, label_kind: Option<CheckKind>, label_path: Option<&str>) -> Probe {
     let path = label_path.map(str::to_string).or_else(|| health.path.clone());
-    match (health.kind, path) {
+    match (label_kind.or(health.kind), path) {
         (Some(CheckKind::Tcp), _) => Probe::Tcp,
+        (Some(CheckKind::Grpc), _) => Probe::Grpc,
         (_, Some(path)) => Probe::Http { path },
         (Some(CheckKind::Http), None) => Probe::Http { path: "/".into() },
         (None, None) => Probe::Tcp,

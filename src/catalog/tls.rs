@@ -179,11 +179,15 @@ pub fn tls_hosts(catalog: &super::Catalog) -> Vec<TlsHost> {
     out
 }
 
-/// Whether `scheme` is one this build can speak to a backend.
-pub fn supported(scheme: Scheme) -> Result<(), String> {
-    match scheme {
-        Scheme::Http | Scheme::Https => Ok(()),
-        other => Err(format!("scheme {} toward backends is not supported yet (http or https)", other.as_str())),
+/// Whether a backend can be probed the way `probe` asks when hawser speaks `scheme` to it:
+/// gRPC runs over HTTP/2 only.
+pub fn probe_fits(probe: &crate::catalog::Probe, scheme: Scheme) -> Result<(), String> {
+    match (probe, scheme) {
+        (crate::catalog::Probe::Grpc, Scheme::Http | Scheme::Https) => Err(format!(
+            "health check type grpc needs scheme h2c or h2 (gRPC runs over HTTP/2), and this service's scheme is {}",
+            scheme.as_str()
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -119,6 +119,8 @@ pub struct ServiceSection {
     pub passive_ejection: Option<EjectionSection>,
     pub stream_idle_timeout: Option<Dur>,
     pub max_body_size: Option<Size>,
+    pub h2_streams_per_connection: Option<Threshold>,
+    pub h2_ping_interval: Option<Dur>,
     /// Serve this service's hosts over TLS (and order certificates with `tls.acme`).
     pub tls: Option<bool>,
     /// 308 from cleartext to https.
@@ -213,6 +215,19 @@ pub struct HealthCheckSection {
 pub enum CheckKind {
     Http,
     Tcp,
+    /// The standard `grpc.health.v1.Health/Check` call (needs scheme `h2c` or `h2`).
+    Grpc,
+}
+
+impl CheckKind {
+    pub fn parse(s: &str) -> Result<CheckKind, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" => Ok(CheckKind::Http),
+            "tcp" => Ok(CheckKind::Tcp),
+            "grpc" => Ok(CheckKind::Grpc),
+            _ => Err(format!("unknown health check type {s:?}: expected http, tcp or grpc")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +240,8 @@ pub struct ProxySection {
     pub passive_ejection: Option<EjectionSection>,
     pub stream_idle_timeout: Option<Dur>,
     pub max_body_size: Option<Size>,
+    pub h2_streams_per_connection: Option<Threshold>,
+    pub h2_ping_interval: Option<Dur>,
 }
 
 /// Retries a service may add on top of its requests.

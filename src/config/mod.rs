@@ -191,6 +191,13 @@ pub struct ProxyPolicy {
     pub stream_idle_timeout: Duration,
     /// Largest request body accepted; larger → 413. `None`: no limit.
     pub max_body_size: Option<u64>,
+    /// Scheme `h2c`/`h2`: concurrent requests (streams) on one connection to a backend before
+    /// hawser opens another. 100: the least RFC 9113 §6.5.2 recommends a server allows.
+    pub h2_streams_per_connection: u32,
+    /// Scheme `h2c`/`h2`: an HTTP/2 PING this often on each connection to a backend, which
+    /// is closed when the backend does not answer. `None` (the default, like nginx's
+    /// `grpc_pass`): no pings; `read_timeout` and health checks find a dead backend.
+    pub h2_ping_interval: Option<Duration>,
 }
 
 impl Default for ProxyPolicy {
@@ -203,6 +210,8 @@ impl Default for ProxyPolicy {
             ejection: EjectionPolicy::default(),
             stream_idle_timeout: Duration::from_secs(3600),
             max_body_size: None,
+            h2_streams_per_connection: 100,
+            h2_ping_interval: None,
         }
     }
 }
@@ -422,6 +431,8 @@ impl Loaded {
                         passive_ejection: s.passive_ejection,
                         stream_idle_timeout: s.stream_idle_timeout,
                         max_body_size: s.max_body_size,
+                        h2_streams_per_connection: s.h2_streams_per_connection,
+                        h2_ping_interval: s.h2_ping_interval,
                     },
                 ),
                 site: SiteTls {
@@ -431,6 +442,14 @@ impl Loaded {
                 },
                 upstream: upstream_tls(&key, s.scheme, s.server_name, s.ca, s.tls_verify, &err)?,
             };
+            if svc.health.kind == Some(CheckKind::Grpc) && !svc.upstream.scheme.is_h2() {
+                let at = if s.health_check.as_ref().is_some_and(|h| h.kind.is_some()) { "health_check.type" } else { "scheme" };
+                let message = format!(
+                    "health check type grpc needs scheme h2c or h2 (gRPC runs over HTTP/2), and the scheme is {}",
+                    svc.upstream.scheme.as_str()
+                );
+                return Err(err(&format!("{key}.{at}"), message));
+            }
             services.insert(svc_name, svc);
         }
 
@@ -588,6 +607,8 @@ fn merge_proxy(base: &ProxyPolicy, s: &file::ProxySection) -> ProxyPolicy {
         },
         stream_idle_timeout: s.stream_idle_timeout.as_ref().map_or(base.stream_idle_timeout, |d| d.0),
         max_body_size: s.max_body_size.map(|n| n.0).or(base.max_body_size),
+        h2_streams_per_connection: s.h2_streams_per_connection.as_ref().map_or(base.h2_streams_per_connection, |n| n.0),
+        h2_ping_interval: s.h2_ping_interval.as_ref().map(|d| d.0).or(base.h2_ping_interval),
     }
 }
 
@@ -813,6 +834,17 @@ pingora:
     fn services_need_a_route_and_selectors_a_criterion() {
         assert!(load("services:\n  a:\n    port: 80\n").unwrap_err().message.contains("needs `hosts` or `path_prefix`"));
         assert_eq!(load("services:\n  a:\n    hosts: [a.com]\n    selector: {}\n").unwrap_err().key, "services.a.selector");
+        // gRPC health checks need HTTP/2 toward the backend.
+        let e = load("services:\n  a:\n    hosts: [a.com]\n    health_check: {type: grpc}\n").unwrap_err();
+        assert_eq!(e.key, "services.a.health_check.type");
+        assert!(e.message.contains("needs scheme h2c or h2"), "{e:?}");
+        let e = load("health_check: {type: grpc}\nservices:\n  a:\n    hosts: [a.com]\n    scheme: https\n").unwrap_err();
+        assert_eq!(e.key, "services.a.scheme");
+        let c = load("services:\n  a:\n    hosts: [a.com]\n    scheme: h2c\n    health_check: {type: grpc}\n    h2_streams_per_connection: 10\n    h2_ping_interval: 30s\n").unwrap();
+        assert_eq!(c.services["a"].proxy.h2_streams_per_connection, 10);
+        assert_eq!(c.services["a"].proxy.h2_ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(c.proxy.h2_streams_per_connection, 100);
+        assert!(load("proxy: {h2_streams_per_connection: 0}").is_err());
     }
 
     mod properties {
@@ -824,7 +856,7 @@ pingora:
             "listen", "h2c", "access_log", "docker.endpoint", "docker.label_prefix", "docker.address",
             "docker.exposed_by_default", "health_check.interval", "health_check.rise", "health_check.type",
             "proxy.read_timeout", "proxy.retries", "proxy.retry_budget.ratio", "proxy.max_body_size",
-            "proxy.stream_idle_timeout", "admin.listen", "clients.header_timeout", "clients.send_timeout", "clients.max_header_size",
+            "proxy.stream_idle_timeout", "proxy.h2_streams_per_connection", "proxy.h2_ping_interval", "admin.listen", "clients.header_timeout", "clients.send_timeout", "clients.max_header_size",
             "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "services.a.hosts",
             "services.a.path_prefix", "services.a.port", "services.a.max_body_size", "services.a.scheme",
             "services.a.server_name", "services.a.ca", "services.a.tls_verify",

@@ -92,6 +92,11 @@ impl Scheme {
     pub fn is_tls(self) -> bool {
         matches!(self, Scheme::Https | Scheme::H2)
     }
+
+    /// HTTP/2 toward the backend: with prior knowledge (`h2c`) or by ALPN over TLS (`h2`).
+    pub fn is_h2(self) -> bool {
+        matches!(self, Scheme::H2c | Scheme::H2)
+    }
 }
 
 /// The edge side of a service's TLS: whether its hosts are served over TLS, redirected, and

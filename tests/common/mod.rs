@@ -20,6 +20,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod pebble;
 pub mod python;
 pub mod recorder;
@@ -58,7 +59,7 @@ fn next_n() -> usize {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -1,0 +1,269 @@
+//! gRPC end to end: a real client (Python grpcio, `tests/support/grpc_calls.py`) over h2c to
+//! hawser, and hawser over HTTP/2 to the gRPC test backend (`tests/support/grpc-backend`, an
+//! `h2` server in a `FROM scratch` image) with `hawser.scheme=h2c` — or `h2`, over TLS.
+//!
+//! - every kind of call (unary, server stream, client stream, bidi in lock step), a 3 MiB
+//!   message each way, the backend's own status and message, 300 calls at once;
+//! - `grpc-timeout`: a deadline longer than `read_timeout` wins over it; one that passes
+//!   before the backend answers gets hawser's DEADLINE_EXCEEDED at the deadline, the call is
+//!   cancelled toward the backend, and nobody is ejected for it;
+//! - `hawser.healthcheck.type=grpc`: the standard `grpc.health.v1.Health/Check`, NOT_SERVING
+//!   takes a backend out of rotation and SERVING brings it back; a gRPC check of a backend
+//!   spoken to in HTTP/1.1 is refused with the reason.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::grpc::grpc_backend_image;
+use common::python::{python_with, script};
+use common::tls::TestCa;
+use common::*;
+
+const HOST: &str = "grpc.test";
+const SERVICE: &str = "grpc";
+
+/// `grpc_calls.py CMD ADDR AUTHORITY [ARGS…]`: its JSON, parsed.
+fn calls(cmd: &str, addr: &str, authority: &str, args: &[&str]) -> serde_json::Value {
+    let python = python_with(&["grpc"]);
+    let out = Command::new(&python)
+        .arg(script("grpc_calls.py"))
+        .args([cmd, addr, authority])
+        .args(args)
+        .output()
+        .expect("run grpc_calls.py");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "grpc_calls.py {cmd} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("grpc_calls.py printed {stdout:?}: {e}"))
+}
+
+fn grpc_backend(env: &TestEnv, suffix: &str) -> Container {
+    env.run(
+        ContainerSpec::new(suffix)
+            .image(&grpc_backend_image())
+            .hawser("enable", "true")
+            .hawser("service", SERVICE)
+            .hawser("host", HOST)
+            .hawser("scheme", "h2c")
+            .hawser("healthcheck.type", "grpc"),
+    )
+}
+
+fn backend_states(h: &Hawser) -> Vec<(String, String)> {
+    let r = admin_request(h.admin, "GET", "/api/services", None).expect("GET /api/services");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("services JSON");
+    let svc = v.as_array().into_iter().flatten().find(|s| s["name"] == SERVICE);
+    svc.and_then(|s| s["backends"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|b| (b["container_name"].as_str().unwrap_or("?").to_string(), b["state"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+#[test]
+fn every_kind_of_call_passes_through_to_an_h2c_backend() {
+    let env = TestEnv::new("grpc-kinds");
+    let a = grpc_backend(&env, "a");
+    let b = grpc_backend(&env, "b");
+    let h = env.hawser(&env.default_config());
+    h.wait_backends_ready(SERVICE, 2, SECS_10);
+
+    let out = calls("kinds", &h.addr.to_string(), HOST, &[]);
+    eprintln!("{out}");
+    let log = || h.log();
+    assert_eq!(out["unary"], "hello", "{out}\nhawser log:\n{}", log());
+    let mut names = vec![a.name.clone(), b.name.clone()];
+    names.sort();
+    assert_eq!(out["names"], serde_json::json!(names), "round robin over both backends");
+    assert_eq!(out["server_stream"], serde_json::json!(["0", "1", "2", "3", "4"]));
+    // The first of three messages 1 s apart arrives at once: nothing buffers the stream.
+    let (first, all) = (out["stream_first_s"].as_f64().unwrap(), out["stream_all_s"].as_f64().unwrap());
+    assert!(first < 0.8 && all >= 1.9, "first message after {first:.3} s, all after {all:.3} s");
+    assert_eq!(out["stream_rest"], 2);
+    assert_eq!(out["client_stream"], "100,5050", "100 messages, 1+2+…+100 bytes");
+    assert_eq!(out["bidi_lockstep"], 1000, "{out}");
+    assert_eq!(out["bidi_after_close"], 0);
+    assert_eq!(out["big_roundtrip"], true);
+    // The backend's status and message (trailers) reach the client unchanged.
+    assert_eq!(out["backend_status"]["code"], "NOT_FOUND", "{out}");
+    assert_eq!(out["backend_status"]["details"], "not here, é");
+    assert_eq!(out["concurrent_ok"], 300, "{out}\nhawser log:\n{}", log());
+
+    // Counted as the 2xx they are, and the backends stayed in rotation.
+    let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
+    let ok = metric(&r.body, &format!("hawser_requests_total{{class=\"2xx\",service=\"{SERVICE}\"}}")).unwrap_or(0.0);
+    assert!(ok >= 300.0, "{ok} 2xx counted");
+    assert!(backend_states(&h).iter().all(|(_, s)| s == "ready"), "{:?}", backend_states(&h));
+}
+
+#[test]
+fn grpc_timeout_is_the_calls_timeout() {
+    let env = TestEnv::new("grpc-deadline");
+    let backend = grpc_backend(&env, "slow");
+    // read_timeout 1 s: a gRPC call's own deadline replaces it.
+    let config = format!("{}proxy:\n  read_timeout: 1s\n  retries: 0\n", env.default_config());
+    let h = env.hawser(&config);
+    h.wait_backends_ready(SERVICE, 1, SECS_10);
+
+    let out = calls("deadline", &h.addr.to_string(), HOST, &[]);
+    eprintln!("{out}");
+    assert_eq!(out["long"], serde_json::json!({"code": "OK", "value": "slept:2000"}), "{out}\nhawser log:\n{}", h.log());
+    assert_eq!(out["short"]["code"], "DEADLINE_EXCEEDED", "{out}");
+    assert_eq!(out["stream"], serde_json::json!({"code": "OK", "value": ["0", "1"]}), "{out}\nhawser log:\n{}", h.log());
+
+    // A client that sends a deadline but does not keep it itself (curl): hawser answers at
+    // the deadline, in gRPC's form, and cancels the call toward the backend.
+    let body = tmp_dir().join(format!("grpc-deadline-{}.bin", std::process::id()));
+    let msg = b"sleep:3000";
+    let mut framed = vec![0u8, 0, 0, 0, msg.len() as u8];
+    framed.extend_from_slice(msg);
+    std::fs::write(&body, &framed).unwrap();
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "--max-time", "10"])
+        .args(["-H", &format!("Host: {HOST}"), "-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-H", "grpc-timeout: 300m", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("http://{}/hawser.test.Echo/Unary", h.addr))
+        .output()
+        .expect("run curl");
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    eprintln!("curl took {took:?}:\n{head}");
+    assert!(head.starts_with("http/2 200"), "{head}\nhawser log:\n{}", h.log());
+    assert!(head.contains("grpc-status: 4\r\n"), "DEADLINE_EXCEEDED expected:\n{head}\nhawser log:\n{}", h.log());
+    assert!(took < Duration::from_millis(2500), "answered after {took:?}, not at the 300 ms deadline");
+    // The backend saw its call cancelled (RST_STREAM), rather than finishing it for nobody.
+    let direct = format!("{}:80", backend.ip_default());
+    wait_until("the backend to count a cancelled call", SECS_10, || {
+        let stats = calls("unary", &direct, HOST, &["name"]);
+        assert_eq!(stats["code"], "OK");
+        let stats = calls_stats(&direct);
+        (stats >= 1).then_some(())
+    });
+    // A deadline is the client's choice, not the backend's failure: still ready, and counted
+    // as the 504 hawser's answer stands for.
+    assert_eq!(backend_states(&h), vec![(backend.name.clone(), "ready".to_string())]);
+    let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
+    let ejected = metric(&r.body, &format!("hawser_passive_ejections_total{{service=\"{SERVICE}\"}}")).unwrap_or(0.0);
+    assert_eq!(ejected, 0.0, "ejected for a client's deadline");
+    wait_until("the 504 counted", SECS_5, || {
+        let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
+        let n = metric(&r.body, &format!("hawser_requests_total{{class=\"5xx\",service=\"{SERVICE}\"}}")).unwrap_or(0.0);
+        (n >= 1.0).then_some(())
+    });
+    let _ = std::fs::remove_file(&body);
+}
+
+/// The backend's count of cancelled calls, asked directly.
+fn calls_stats(direct: &str) -> u64 {
+    let python = python_with(&["grpc"]);
+    let code = r#"
+import sys, grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    stats = ch.unary_unary("/hawser.test.Echo/Stats", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    print(stats(b"", timeout=5).decode())
+"#;
+    let out = Command::new(&python).args(["-c", code, direct]).output().expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().strip_prefix("cancelled=").and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// `SetHealth` on the backend itself (not through hawser, which may have no ready backend).
+fn set_health(direct: &str, status: &str) {
+    let python = python_with(&["grpc"]);
+    let code = r#"
+import sys, grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    set_health = ch.unary_unary("/hawser.test.Echo/SetHealth", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    set_health(sys.argv[2].encode(), timeout=5)
+"#;
+    let out = Command::new(&python).args(["-c", code, direct, status]).output().expect("run python");
+    assert!(out.status.success(), "SetHealth {status}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn grpc_health_checks_use_the_standard_health_service() {
+    let env = TestEnv::new("grpc-health");
+    let backend = grpc_backend(&env, "hc");
+    // A gRPC check of a backend spoken to in HTTP/1.1 cannot work: refused, with the reason.
+    let wrong = env.run(
+        ContainerSpec::new("wrong")
+            .image(&grpc_backend_image())
+            .hawser("enable", "true")
+            .hawser("service", "wrong")
+            .hawser("host", "wrong.test")
+            .hawser("healthcheck.type", "grpc"),
+    );
+    let config = format!("{}health_check:\n  interval: 200ms\n  fall: 1\n  rise: 1\n", env.default_config());
+    let h = env.hawser(&config);
+    h.wait_backends_ready(SERVICE, 1, SECS_10);
+    let direct = format!("{}:80", backend.ip_default());
+
+    let verdict = wait_until("the wrong container's verdict", SECS_10, || {
+        let r = admin_request(h.admin, "GET", "/api/containers", None).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        v.as_array()?.iter().find(|c| c["container_name"] == wrong.name.as_str()).cloned()
+    });
+    let reason = verdict["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("health check type grpc needs scheme h2c or h2"), "{verdict}");
+
+    assert_eq!(calls("unary", &h.addr.to_string(), HOST, &["ping"])["code"], "OK");
+    set_health(&direct, "not_serving");
+    wait_until("NOT_SERVING to take the backend out", SECS_10, || {
+        (backend_states(&h) == vec![(backend.name.clone(), "unhealthy".to_string())]).then_some(())
+    });
+    let out = calls("unary", &h.addr.to_string(), HOST, &["ping"]);
+    assert_eq!(out["code"], "UNAVAILABLE", "{out}");
+    assert!(out["details"].as_str().unwrap_or_default().contains("no ready backend"), "{out}");
+    // Why, in the admin API.
+    let r = admin_request(h.admin, "GET", "/api/containers", None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let verdict = v.as_array().unwrap().iter().find(|c| c["container_name"] == backend.name.as_str()).cloned().unwrap();
+    let reason = verdict["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("gRPC Health/Check") && reason.contains("NOT_SERVING"), "{verdict}");
+
+    set_health(&direct, "serving");
+    wait_until("SERVING to bring it back", SECS_10, || {
+        (backend_states(&h) == vec![(backend.name.clone(), "ready".to_string())]).then_some(())
+    });
+    assert_eq!(calls("unary", &h.addr.to_string(), HOST, &["ping"])["code"], "OK");
+}
+
+/// `hawser.scheme=h2`: HTTP/2 over TLS to the backend (ALPN h2), verified against the
+/// test's CA, for calls and for the gRPC health check.
+#[test]
+fn scheme_h2_speaks_http2_over_tls() {
+    let env = TestEnv::new("grpc-h2");
+    let ca = TestCa::new("grpc-h2");
+    let dir = TempDir::new("grpc-h2");
+    ca.write_leaf(&dir.0, "grpcs", "crt", &["grpcs.test"]);
+    let ca_path = dir.0.join("ca.pem");
+    ca.write(&ca_path);
+    let backend = env.run(
+        ContainerSpec::new("tls")
+            .image(&grpc_backend_image())
+            .args(&["-v", &format!("{}:/tls:ro", dir.0.display())])
+            .env("TLS_CERT", "/tls/grpcs.crt")
+            .env("TLS_KEY", "/tls/grpcs.key")
+            .hawser("enable", "true")
+            .hawser("service", "grpcs")
+            .hawser("host", "grpcs.test")
+            .hawser("scheme", "h2")
+            .hawser("tls.ca", &ca_path.display().to_string())
+            .hawser("healthcheck.type", "grpc"),
+    );
+    let h = env.hawser(&env.default_config());
+    h.wait_backends_ready("grpcs", 1, SECS_10);
+    let out = calls("unary", &h.addr.to_string(), "grpcs.test", &["name"]);
+    assert_eq!(out, serde_json::json!({"code": "OK", "value": backend.name}), "hawser log:\n{}", h.log());
+    // Plain HTTP/1.1 clients reach the HTTP/2 backend too.
+    let r = h.get("grpcs.test", "/").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, backend.name.as_str()), "{r:?}");
+}
