@@ -237,9 +237,9 @@ fn grpc_health_checks_use_the_standard_health_service() {
 }
 
 /// `hawser.scheme=h2`: HTTP/2 over TLS to the backend (ALPN h2), verified against the
-/// test's CA, for calls and for the gRPC health check.
+/// test's CA, for calls and for the gRPC health check; and the client over TLS (h2) too.
 #[test]
-fn scheme_h2_speaks_http2_over_tls() {
+fn grpc_over_tls_on_both_sides() {
     let env = TestEnv::new("grpc-h2");
     let ca = TestCa::new("grpc-h2");
     let dir = TempDir::new("grpc-h2");
@@ -255,14 +255,29 @@ fn scheme_h2_speaks_http2_over_tls() {
             .hawser("enable", "true")
             .hawser("service", "grpcs")
             .hawser("host", "grpcs.test")
+            .hawser("tls", "true")
             .hawser("scheme", "h2")
             .hawser("tls.ca", &ca_path.display().to_string())
             .hawser("healthcheck.type", "grpc"),
     );
-    let h = env.hawser(&env.default_config());
+    // hawser's own TLS listener serves the same name, from the same CA.
+    let config = format!(
+        "{}tls:\n  listen: [\"$LISTEN2\"]\n  certificates:\n    - {{cert: \"{}\", key: \"{}\"}}\n",
+        env.default_config(),
+        dir.0.join("grpcs.crt").display(),
+        dir.0.join("grpcs.key").display(),
+    );
+    let h = env.hawser(&config);
     h.wait_backends_ready("grpcs", 1, SECS_10);
+    // h2c client -> hawser -> h2 backend.
     let out = calls("unary", &h.addr.to_string(), "grpcs.test", &["name"]);
     assert_eq!(out, serde_json::json!({"code": "OK", "value": backend.name}), "hawser log:\n{}", h.log());
+    // h2 (TLS) client -> hawser -> h2 backend.
+    let ca_arg = ca_path.display().to_string();
+    let out = calls("tls_unary", &h.addrs[1].to_string(), "grpcs.test", &["status:7:no entry", &ca_arg]);
+    assert_eq!(out, serde_json::json!({"code": "PERMISSION_DENIED", "details": "no entry"}), "hawser log:\n{}", h.log());
+    let out = calls("tls_unary", &h.addrs[1].to_string(), "grpcs.test", &["over tls", &ca_arg]);
+    assert_eq!(out, serde_json::json!({"code": "OK", "value": "over tls"}));
     // Plain HTTP/1.1 clients reach the HTTP/2 backend too.
     let r = h.get("grpcs.test", "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, backend.name.as_str()), "{r:?}");

@@ -5,6 +5,7 @@ saw as one JSON object.
     grpc_calls.py kinds ADDR AUTHORITY      every kind of call, through hawser
     grpc_calls.py deadline ADDR AUTHORITY   calls with deadlines
     grpc_calls.py unary ADDR AUTHORITY MSG  one unary call: {"code", "value" | "details"}
+    grpc_calls.py tls_unary ADDR AUTHORITY MSG CA_PEM   the same over TLS (h2), trusting CA_PEM
 """
 import json
 import queue
@@ -19,13 +20,19 @@ def ident(b):
     return b
 
 
-def channel(addr, authority):
+def channel(addr, authority, ca=None):
     options = [
         ("grpc.default_authority", authority),
         ("grpc.enable_http_proxy", 0),
         ("grpc.max_receive_message_length", 8 << 20),
         ("grpc.max_send_message_length", 8 << 20),
     ]
+    if ca is not None:
+        with open(ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        # The name to verify and to send as SNI: the authority, not the address dialled.
+        options.append(("grpc.ssl_target_name_override", authority))
+        return grpc.secure_channel(addr, credentials, options=options)
     return grpc.insecure_channel(addr, options=options)
 
 
@@ -107,13 +114,14 @@ def deadline(m):
 
 def main():
     cmd, addr, authority = sys.argv[1], sys.argv[2], sys.argv[3]
-    with channel(addr, authority) as ch:
+    ca = sys.argv[5] if cmd == "tls_unary" else None
+    with channel(addr, authority, ca) as ch:
         m = methods(ch)
         if cmd == "kinds":
             out = kinds(m)
         elif cmd == "deadline":
             out = deadline(m)
-        elif cmd == "unary":
+        elif cmd in ("unary", "tls_unary"):
             out = outcome(lambda: m["unary"](sys.argv[4].encode(), timeout=10))
         else:
             raise SystemExit("unknown command " + cmd)
