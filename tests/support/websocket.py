@@ -10,8 +10,9 @@
         open ID          -> "opened ID BACKEND" (the 101's X-Backend), after one echo
         echo ID TEXT     -> "echoed ID TEXT", or "failed ID WHY"
         close ID         -> "closed ID" once the close handshake is done
-        wait_end ID SECS -> "ended ID received=CODE|none sent=CODE|none" (the close frames
-                            received and sent; none received: the connection just ended),
+        wait_end ID SECS -> "ended ID received=CODE|none sent=CODE|none cause=EXC|none" (the
+                            close frames received and sent, none received: the connection
+                            just ended; the error under it, e.g. ConnectionResetError),
                             or "open ID" if it is still open after SECS
 
 The client exits non-zero with the reason on stderr at the first thing that is not as expected.
@@ -171,7 +172,8 @@ def drive(stack, addr, host):
             except TimeoutError:
                 print(f"open {cid}", flush=True)
             except ConnectionClosed as e:
-                print(f"ended {cid} received={frame(e.rcvd)} sent={frame(e.sent)}", flush=True)
+                cause = type(e.__cause__).__name__ if e.__cause__ else "none"
+                print(f"ended {cid} received={frame(e.rcvd)} sent={frame(e.sent)} cause={cause}", flush=True)
         else:
             fail(f"unknown command {line!r}")
 
