@@ -13,14 +13,18 @@
 //!   backend's `/upgrade`) survives a silence longer than `read_timeout` and
 //!   `clients.body_timeout`, is closed by the idle timeout, and ejects nobody either;
 //! - a tunnel is idle only when neither side sends: a client that keeps talking to a backend
-//!   that never answers keeps it open past the idle timeout.
+//!   that never answers keeps it open past the idle timeout;
+//! - a real client (`curl --no-buffer`) gets server-sent events one by one as the backend
+//!   sends them, in order: the first event long before the stream ends (hawser does not
+//!   buffer the stream).
 //!
 //! Everything waits by polling with a deadline; the silences are what is tested.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -315,4 +319,50 @@ fn an_upgraded_connection_is_idle_only_when_neither_side_sends() {
     }
     wait_all_ended(&h);
     assert_all_ready(&h, &backends, "4 one-way upgraded connections ended by the idle timeout");
+}
+
+/// `curl --no-buffer -sN` reads `/sse?gap_ms=100&events=30` through hawser: 30 events, one
+/// every 100 ms, so the stream lasts about 3 s. Each `data:` line is timed as curl prints
+/// it. A proxy that buffered the response (or one that waited for its end) would hand all
+/// of them over at once, at the end; here the first must come well before the last (by at
+/// least 2 s of the 2.9 s between them), and all 30 in order.
+#[test]
+fn curl_gets_server_sent_events_as_they_are_sent() {
+    let env = TestEnv::new("streams-sse-curl");
+    let (h, _backends) = setup(&env);
+    const EVENTS: usize = 30;
+    let url = format!("http://{HOST}:{}/sse?gap_ms=100&events={EVENTS}", h.addr.port());
+    let t0 = Instant::now();
+    let mut curl = Command::new("curl")
+        .args(["--no-buffer", "-sN", "--max-time", "20", "-H", "Accept: text/event-stream"])
+        .args(["--resolve", &format!("{HOST}:{}:127.0.0.1", h.addr.port()), &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run curl");
+    let out = curl.stdout.take().expect("piped stdout");
+    // curl prints each event as it arrives; the lines are timed as they are read.
+    let mut events: Vec<(String, Duration)> = Vec::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("read curl's output");
+        if line.starts_with("data:") {
+            events.push((line, t0.elapsed()));
+        }
+    }
+    let end = t0.elapsed();
+    let status = curl.wait().expect("wait for curl");
+    assert!(status.success(), "curl failed ({status}) after {end:?}; events so far: {events:?}\nhawser log:\n{}", h.log());
+
+    let got: Vec<&str> = events.iter().map(|(l, _)| l.as_str()).collect();
+    let want: Vec<String> = (0..EVENTS).map(|i| format!("data: {i}")).collect();
+    assert_eq!(got, want, "every event, in order");
+    let first = events[0].1;
+    let last = events[EVENTS - 1].1;
+    eprintln!("sse through hawser with curl: first event after {first:?}, last after {last:?}, stream ended after {end:?}");
+    // Generous: 2 s of the ~2.9 s between the first and last event the backend sent.
+    assert!(
+        end.saturating_sub(first) >= Duration::from_secs(2),
+        "the first event arrived {first:?} after the request, only {:?} before the stream ended ({end:?}): buffered?",
+        end.saturating_sub(first)
+    );
 }

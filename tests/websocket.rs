@@ -11,13 +11,20 @@
 //!
 //! `hawser_websocket_connections{service}` is 0 before, 1 while the tunnel is open and 0 again
 //! once it closed; `hawser_active_requests` is back to 0 too.
+//!
+//! A deploy under an open WebSocket: two replicas of a service, containers running the test
+//! backend's `/ws` (a real WebSocket echo), and the same client library driven command by
+//! command (`websocket.py drive`). A WebSocket to replica A (the `X-Backend` of its `101`
+//! names the replica) stays usable while `docker stop` drains A (A keeps serving 6 s after
+//! SIGTERM); every new WebSocket in that time goes to B; when A's process exits the client
+//! sees the connection end, and the gauge counts it no more.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::python::{PythonServer, python_with, script};
 use common::*;
@@ -116,4 +123,186 @@ fn a_real_client_echoes_through_hawser_and_closes_cleanly() {
     wait_until("the gauge back to 0 after the close", SECS_5, || (websockets(&h) == Some(0.0)).then_some(()));
     let r = admin_request(h.admin, "GET", "/metrics", None).expect("GET /metrics");
     assert_eq!(metric(&r.body, &format!("hawser_active_requests{{service=\"{SERVICE}\"}}")), Some(0.0), "{}", r.body);
+}
+
+/// `websocket.py drive`: one command line in, one answer line out (see that script).
+struct Driver {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Driver {
+    fn start(python: &std::path::Path, h: &Hawser, host: &str) -> Driver {
+        let mut child = Command::new(python)
+            .arg(script("websocket.py"))
+            .args(["drive", &h.addr.to_string(), host])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the websocket driver");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Driver { child, stdin, lines }
+    }
+
+    /// Sends `command`; its answer, waiting at most `limit`.
+    fn ask(&mut self, command: &str, limit: Duration, h: &Hawser) -> String {
+        writeln!(self.stdin, "{command}").expect("write to the websocket driver");
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => line,
+            Err(_) => {
+                let status = self.child.try_wait().ok().flatten();
+                panic!("the websocket driver did not answer {command:?} within {limit:?} (exit: {status:?}; its stderr is above)\nhawser log:\n{}", h.log())
+            }
+        }
+    }
+
+    /// Opens WebSocket `id`; the replica that answered its upgrade.
+    fn open(&mut self, id: &str, h: &Hawser) -> String {
+        let line = self.ask(&format!("open {id}"), SECS_10, h);
+        line.strip_prefix(&format!("opened {id} "))
+            .unwrap_or_else(|| panic!("open {id}: {line:?}"))
+            .to_string()
+    }
+
+    fn echo(&mut self, id: &str, text: &str, h: &Hawser) {
+        let line = self.ask(&format!("echo {id} {text}"), SECS_10, h);
+        assert_eq!(line, format!("echoed {id} {text}"), "echo on WebSocket {id}\nhawser log:\n{}", h.log());
+    }
+
+    fn close(&mut self, id: &str, h: &Hawser) {
+        let line = self.ask(&format!("close {id}"), SECS_10, h);
+        assert_eq!(line, format!("closed {id}"));
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gauge(h: &Hawser, service: &str) -> Option<f64> {
+    let r = admin_request(h.admin, "GET", "/metrics", None).expect("GET /metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    metric(&r.body, &format!("hawser_websocket_connections{{service=\"{service}\"}}"))
+}
+
+fn wait_gauge(h: &Hawser, service: &str, want: f64, why: &str) {
+    wait_until(&format!("hawser_websocket_connections of {service} at {want} ({why})"), SECS_5, || {
+        (gauge(h, service) == Some(want)).then_some(())
+    });
+}
+
+/// What a WebSocket through hawser sees while its container is stopped (see the module doc).
+/// What the client sees when A exits is printed: the backend sends no close frame of its own,
+/// so the connection just ends; hawser passes that on as a plain TCP close (seen on
+/// 2026-12-01: `received=none sent=none cause=EOFError`, which `websockets` reports as 1006,
+/// with A's exit: 6.03–6.06 s after the stop began, A serving 6 s after SIGTERM).
+#[test]
+fn an_open_websocket_outlives_the_drain_of_its_container_and_ends_with_it() {
+    let python = python_with(&["websockets"]);
+    let env = TestEnv::new("websocket_deploy");
+    const HOST: &str = "ws-deploy.test";
+    const SERVICE: &str = "live";
+    let replica = |suffix: &str| {
+        env.run(
+            ContainerSpec::new(suffix)
+                .hawser("enable", "true")
+                .hawser("host", HOST)
+                .hawser("service", SERVICE)
+                // Wide of the 2.5 s of checks while A drains, for a loaded machine.
+                .env("SIGTERM_DELAY_MS", "6000")
+                .stop_timeout(10),
+        )
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let h = env.hawser(&env.default_config());
+    env.wait_routed(&h, HOST, "/", &a, SECS_10);
+    env.wait_routed(&h, HOST, "/", &b, SECS_10);
+    wait_gauge(&h, SERVICE, 0.0, "before any WebSocket");
+
+    // Round robin: of the first WebSockets, one reaches A. The others are closed again.
+    let mut ws = Driver::start(&python, &h, HOST);
+    let mut on_a = None;
+    for i in 0..6 {
+        let id = format!("first{i}");
+        let backend = ws.open(&id, &h);
+        if backend == a.name && on_a.is_none() {
+            on_a = Some(id);
+        } else {
+            ws.close(&id, &h);
+        }
+        if on_a.is_some() {
+            break;
+        }
+    }
+    let long = on_a.unwrap_or_else(|| panic!("none of 6 WebSockets reached {}\nhawser log:\n{}", a.name, h.log()));
+    ws.echo(&long, "before-the-stop", &h);
+    wait_gauge(&h, SERVICE, 1.0, "one WebSocket open, to A");
+
+    std::thread::scope(|s| {
+        // docker stop blocks until A exits (~6 s after SIGTERM): on its own thread.
+        let stop_started = Instant::now();
+        let stopping = &a;
+        let stopper = s.spawn(move || {
+            stopping.stop(10);
+            stop_started.elapsed()
+        });
+        h.wait_applied(&format!("kill {}", a.name), SECS_5);
+        let applied = stop_started.elapsed();
+
+        // A drains: for 2.5 s of its 6 s, the open WebSocket stays open (each `wait_end` of a
+        // quarter second paces the loop) and echoes, and every new one goes to B.
+        let mut new = 0;
+        while stop_started.elapsed() < Duration::from_millis(2500) {
+            let still = ws.ask(&format!("wait_end {long} 0.25"), SECS_5, &h);
+            assert_eq!(still, format!("open {long}"), "the WebSocket to {} while it drains\nhawser log:\n{}", a.name, h.log());
+            ws.echo(&long, &format!("while-draining-{new}"), &h);
+            let id = format!("new{new}");
+            let backend = ws.open(&id, &h);
+            assert_eq!(backend, b.name, "WebSocket {id}, opened while {} drains\nhawser log:\n{}", a.name, h.log());
+            ws.echo(&id, "hello-b", &h);
+            ws.close(&id, &h);
+            new += 1;
+        }
+        let drained_checks_done = stop_started.elapsed();
+        assert!(
+            a.is_running(),
+            "{} exited {drained_checks_done:?} after docker stop started, before the checks while draining were done: \
+             the test cannot tell draining from its end",
+            a.name
+        );
+        wait_gauge(&h, SERVICE, 1.0, "the WebSockets to B closed, the one to A still open");
+
+        // A's process exits (SIGTERM_DELAY_MS after the signal): the WebSocket ends with it.
+        let end = ws.ask(&format!("wait_end {long} 15"), Duration::from_secs(20), &h);
+        let ended_at = stop_started.elapsed();
+        let exited_at = stopper.join().expect("docker stop thread");
+        assert!(
+            end.starts_with(&format!("ended {long} ")),
+            "the WebSocket to {} after it exited: {end:?}\nhawser log:\n{}",
+            a.name,
+            h.log()
+        );
+        // The end comes with A's exit (docker stop returns a moment after it), not with the drain.
+        assert!(
+            ended_at >= Duration::from_secs(5),
+            "the WebSocket ended {ended_at:?} after docker stop started, before A's 6 s SIGTERM delay: {end}"
+        );
+        wait_gauge(&h, SERVICE, 0.0, "the WebSocket to A ended with A");
+        eprintln!(
+            "websocket deploy: kill applied after {applied:?}; open WebSocket echoed and {new} new ones went to B until {drained_checks_done:?}; \
+             client saw `{end}` at {ended_at:?}; docker stop returned at {exited_at:?}"
+        );
+    });
 }

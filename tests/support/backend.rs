@@ -211,6 +211,8 @@ struct Conn {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Body bytes consumed so far (for /sink).
+    consumed: u64,
 }
 
 fn bad(msg: &'static str) -> io::Error {
@@ -284,6 +286,7 @@ impl Conn {
                 sink.extend_from_slice(&self.buf[self.start..self.start + take]);
             }
             self.start += take;
+            self.consumed += take as u64;
             n -= take as u64;
         }
         Ok(())
@@ -384,6 +387,9 @@ enum Route {
     BadFail,
     Sse { gap_ms: u64, events: u64 },
     Upgrade { echo: bool },
+    WebSocket,
+    Bytes { n: u64, chunked: bool },
+    Sink,
 }
 
 /// The value of `key=` in a query string.
@@ -426,6 +432,12 @@ fn route(target: &[u8]) -> Route {
             },
         },
         b"/hangup" => Route::Hangup,
+        b"/ws" => Route::WebSocket,
+        b"/sink" => Route::Sink,
+        b"/bytes" => Route::Bytes {
+            n: query_param(query, b"n").and_then(parse_dec).unwrap_or(0),
+            chunked: query_param(query, b"chunked") == Some(b"1"),
+        },
         b"/upgrade" => Route::Upgrade { echo: query_param(query, b"echo") != Some(b"0") },
         b"/sse" => Route::Sse {
             gap_ms: query_param(query, b"gap_ms").and_then(parse_dec).unwrap_or(0),
@@ -521,6 +533,7 @@ fn serve(stream: TcpStream, name: &'static str, idle: Option<Duration>) {
         buf: vec![0; INITIAL_BUF],
         start: 0,
         end: 0,
+        consumed: 0,
     };
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut scratch: Vec<u8> = Vec::new();
@@ -592,6 +605,7 @@ fn serve_requests(
         let mut explicit_keep_alive = false;
         let mut expect_continue = false;
         let mut upgrade: Option<Vec<u8>> = None;
+        let mut ws_key: Option<Vec<u8>> = None;
         let mut head_bytes = le - ls;
         loop {
             let (s, e) = match conn.line() {
@@ -648,6 +662,8 @@ fn serve_requests(
                 expect_continue = value.eq_ignore_ascii_case(b"100-continue");
             } else if key.eq_ignore_ascii_case(b"upgrade") && !value.is_empty() {
                 upgrade = Some(value.to_vec());
+            } else if key.eq_ignore_ascii_case(b"sec-websocket-key") {
+                ws_key = Some(value.to_vec());
             }
         }
 
@@ -661,6 +677,7 @@ fn serve_requests(
             scratch.clear();
         }
         let sink = if echo { Some(&mut *scratch) } else { None };
+        conn.consumed = 0;
         if chunked {
             if conn.chunked_body(sink).is_err() {
                 write_response(out, name, 400, b"bad chunked body\n", false, Some(false));
@@ -767,6 +784,53 @@ fn serve_requests(
                     }
                 }
             }
+            Route::WebSocket => {
+                let websocket = upgrade.as_deref().is_some_and(|u| has_token(u, b"websocket"));
+                let Some(key) = ws_key.filter(|_| websocket) else {
+                    write_response(out, name, 400, b"/ws needs Upgrade: websocket and Sec-WebSocket-Key\n", head_only, Some(false));
+                    conn.s.write_all(out)?;
+                    return Ok(());
+                };
+                out.clear();
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 101 Switching Protocols\r\nX-Backend: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    websocket_accept(&key)
+                );
+                conn.s.write_all(out)?;
+                return websocket_echo(conn);
+            }
+            Route::Bytes { n, chunked } => {
+                out.clear();
+                let framing = if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {n}") };
+                let _ = write!(out, "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n");
+                conn.s.write_all(out)?;
+                if !head_only {
+                    // 64 KiB is a multiple of 251 plus 24: the pattern continues across writes
+                    // when each write starts at offset `sent % 251`.
+                    let pattern: Vec<u8> = (0..64 * 1024 + 251).map(|i| (i % 251) as u8).collect();
+                    let mut sent: u64 = 0;
+                    while sent < n {
+                        let take = (n - sent).min(64 * 1024) as usize;
+                        let off = (sent % 251) as usize;
+                        if chunked {
+                            conn.s.write_all(format!("{take:x}\r\n").as_bytes())?;
+                        }
+                        conn.s.write_all(&pattern[off..off + take])?;
+                        if chunked {
+                            conn.s.write_all(b"\r\n")?;
+                        }
+                        sent += take as u64;
+                    }
+                    if chunked {
+                        conn.s.write_all(b"0\r\n\r\n")?;
+                    }
+                }
+                if !keep_alive {
+                    return Ok(());
+                }
+                continue;
+            }
             _ => {}
         }
         let mut num = [0u8; 20];
@@ -795,8 +859,8 @@ fn serve_requests(
                     },
                 )
             }
-            Route::Count => {
-                let n = COUNT.load(Ordering::SeqCst);
+            Route::Count | Route::Sink => {
+                let n = if matches!(rt, Route::Sink) { conn.consumed } else { COUNT.load(Ordering::SeqCst) };
                 let len = {
                     let mut cur = io::Cursor::new(&mut num[..]);
                     let _ = write!(cur, "{n}");
@@ -811,7 +875,12 @@ fn serve_requests(
                 (200, if c == 0 { &b"ok"[..] } else { &b"failing"[..] })
             }
             // Answered above.
-            Route::Hangup | Route::Partial | Route::Sse { .. } | Route::Upgrade { .. } => unreachable!(),
+            Route::Hangup
+            | Route::Partial
+            | Route::Sse { .. }
+            | Route::Upgrade { .. }
+            | Route::WebSocket
+            | Route::Bytes { .. } => unreachable!(),
         };
         write_response(out, name, code, body, head_only, conn_header);
         conn.s.write_all(out)?;
@@ -819,6 +888,134 @@ fn serve_requests(
             return Ok(());
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// /ws: just enough RFC 6455 for the tests (no extensions, no UTF-8 checks)
+// ---------------------------------------------------------------------------
+
+/// Echoes frames until the client's close (answered) or the connection ends.
+fn websocket_echo(conn: &mut Conn) -> io::Result<()> {
+    const MAX_FRAME: u64 = 16 << 20;
+    let mut head = Vec::with_capacity(14);
+    let mut payload = Vec::new();
+    loop {
+        head.clear();
+        conn.consume(2, Some(&mut head))?;
+        let (fin_opcode, masked, len7) = (head[0], head[1] & 0x80 != 0, head[1] & 0x7f);
+        let len = match len7 {
+            126 | 127 => {
+                let n = if len7 == 126 { 2 } else { 8 };
+                conn.consume(n, Some(&mut head))?;
+                head[2..].iter().fold(0u64, |v, &b| v << 8 | b as u64)
+            }
+            n => n as u64,
+        };
+        if len > MAX_FRAME {
+            return Err(bad("WebSocket frame too large"));
+        }
+        let mut mask = Vec::with_capacity(4);
+        if masked {
+            conn.consume(4, Some(&mut mask))?;
+        }
+        payload.clear();
+        conn.consume(len, Some(&mut payload))?;
+        if masked {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        let opcode = fin_opcode & 0x0f;
+        let reply = match opcode {
+            0x9 => 0x80 | 0xA, // ping: a pong with the same payload
+            0xA => continue,   // pong: nothing
+            0x8 => {
+                // close: the same status code back (no reason), then the end
+                payload.truncate(2);
+                0x80 | 0x8
+            }
+            _ => fin_opcode, // data or continuation: as received
+        };
+        let mut frame = vec![reply];
+        match payload.len() {
+            n if n < 126 => frame.push(n as u8),
+            n if n <= 0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&payload);
+        conn.s.write_all(&frame)?;
+        if opcode == 0x8 {
+            return Ok(());
+        }
+    }
+}
+
+/// `Sec-WebSocket-Accept`: base64(SHA-1(key + the RFC's GUID)).
+fn websocket_accept(key: &[u8]) -> String {
+    let mut input = trim(key).to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(&sha1(&input))
+}
+
+/// SHA-1 (FIPS 180-4), only for the WebSocket handshake.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |v, (i, &b)| v | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `backend check [PORT [PATH]]`: exit 0 on a 2xx answer within 2 s, else 1.

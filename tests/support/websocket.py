@@ -1,14 +1,24 @@
-"""A WebSocket echo server and a checking client on Python's `websockets`, for tests/websocket.rs.
+"""A WebSocket echo server and checking clients on Python's `websockets`, for tests/websocket.rs.
 
     websocket.py serve               echo server on 127.0.0.1, a port of its own; prints the port
     websocket.py client ADDR HOST N  connects to ws://HOST/echo over a TCP connection to ADDR
                                      (hawser), checks N echoes in order, ping/pong, then prints
                                      "open" and waits for a line on stdin before asking the
                                      server to close; prints "closed CODE REASON" and exits 0.
+    websocket.py drive ADDR HOST     many connections to ws://HOST/ws through ADDR, driven by
+                                     commands on stdin, one answer line each on stdout:
+        open ID          -> "opened ID BACKEND" (the 101's X-Backend), after one echo
+        echo ID TEXT     -> "echoed ID TEXT", or "failed ID WHY"
+        close ID         -> "closed ID" once the close handshake is done
+        wait_end ID SECS -> "ended ID received=CODE|none sent=CODE|none cause=EXC|none" (the
+                            close frames received and sent, none received: the connection
+                            just ended; the error under it, e.g. ConnectionResetError),
+                            or "open ID" if it is still open after SECS
 
 The client exits non-zero with the reason on stderr at the first thing that is not as expected.
 """
 
+import contextlib
 import socket
 import sys
 
@@ -105,11 +115,76 @@ def check_then_close(ws, count):
         fail(f"the close handshake did not complete: {e}")
 
 
+def open_ws(stack, addr, host):
+    """A connection to /ws that echoed once; pingora's early end (see run_client) is retried once.
+    Entered on `stack`: websockets wants its connections used as context managers."""
+    for attempt in (1, 2):
+        ws = stack.enter_context(connect_sock(addr, host, "/ws"))
+        try:
+            ws.send("probe")
+            if ws.recv(timeout=5) != "probe":
+                fail("the probe came back different")
+            return ws
+        except ConnectionClosed as e:
+            if attempt == 2:
+                fail(f"the second tunnel too ended right after its 101: {e}")
+            print(f"a tunnel ended right after its 101 ({e}); connecting again", file=sys.stderr, flush=True)
+
+
+def connect_sock(addr, host, path):
+    ip, port = addr.rsplit(":", 1)
+    sock = socket.create_connection((ip, int(port)), timeout=5)
+    return connect(f"ws://{host}{path}", sock=sock, open_timeout=5, close_timeout=5)
+
+
+def frame(close):
+    return "none" if close is None else str(close.code)
+
+
+def run_driver(addr, host):
+    with contextlib.ExitStack() as stack:
+        drive(stack, addr, host)
+
+
+def drive(stack, addr, host):
+    conns = {}
+    for line in sys.stdin:
+        cmd, _, rest = line.rstrip("\n").partition(" ")
+        cid, _, arg = rest.partition(" ")
+        if cmd == "open":
+            ws = open_ws(stack, addr, host)
+            conns[cid] = ws
+            print(f"opened {cid} {ws.response.headers.get('X-Backend', '<no X-Backend>')}", flush=True)
+        elif cmd == "echo":
+            try:
+                conns[cid].send(arg)
+                got = conns[cid].recv(timeout=5)
+                print(f"echoed {cid} {got}" if got == arg else f"failed {cid} got {got!r}", flush=True)
+            except Exception as e:  # noqa: BLE001 - the test reads what happened
+                print(f"failed {cid} {type(e).__name__}: {e}", flush=True)
+        elif cmd == "close":
+            conns[cid].close(1000, "done")
+            print(f"closed {cid}", flush=True)
+        elif cmd == "wait_end":
+            try:
+                got = conns[cid].recv(timeout=float(arg))
+                print(f"failed {cid} an unexpected message {got!r}", flush=True)
+            except TimeoutError:
+                print(f"open {cid}", flush=True)
+            except ConnectionClosed as e:
+                cause = type(e.__cause__).__name__ if e.__cause__ else "none"
+                print(f"ended {cid} received={frame(e.rcvd)} sent={frame(e.sent)} cause={cause}", flush=True)
+        else:
+            fail(f"unknown command {line!r}")
+
+
 def main():
     if sys.argv[1:2] == ["serve"]:
         run_server()
     elif sys.argv[1:2] == ["client"] and len(sys.argv) == 5:
         run_client(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1:2] == ["drive"] and len(sys.argv) == 4:
+        run_driver(sys.argv[2], sys.argv[3])
     else:
         fail(__doc__)
 
