@@ -390,9 +390,12 @@ impl ProxyHttp for HawserProxy {
             // A tunnel now: its client side is read with the session's read timeout, until
             // here clients.body_timeout, and a quiet WebSocket client is no stalled body.
             session.as_downstream_mut().set_read_timeout(Some(svc.proxy.stream_idle_timeout));
-            if ctx.websocket.is_none() && streams::switches_to_websocket(upstream_response) {
+            let websocket = streams::switches_to_websocket(upstream_response);
+            if ctx.websocket.is_none() && websocket {
                 ctx.websocket = Some(streams::WebSocketOpen::new(&svc.metrics.websockets));
             }
+            // Ended cleanly, with a close frame for a WebSocket, when hawser stops.
+            conn::tunnel_opened(session.as_downstream().stream(), websocket);
         }
         if ctx.tls
             && let Some(svc) = &ctx.service

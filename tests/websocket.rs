@@ -306,3 +306,37 @@ fn an_open_websocket_outlives_the_drain_of_its_container_and_ends_with_it() {
         );
     });
 }
+
+/// hawser stops (SIGTERM) with a WebSocket open: the WebSocket goes on for
+/// `clients.tunnel_shutdown_timeout`, then the client gets a close frame 1001 "going away"
+/// from hawser (not a bare TCP close, which clients report as 1006), well before pingora's
+/// grace period ends.
+#[test]
+fn hawser_stopping_closes_open_websockets_with_going_away() {
+    let python = python_with(&["websockets"]);
+    let env = TestEnv::new("websocket_shutdown");
+    const HOST: &str = "ws-stop.test";
+    let backend = env.run(ContainerSpec::new("a").hawser("enable", "true").hawser("host", HOST).hawser("service", "stop"));
+    let config = format!(
+        "{}clients:\n  tunnel_shutdown_timeout: 1500ms\npingora:\n  grace_period_seconds: 6\n",
+        env.default_config()
+    );
+    let h = env.hawser(&config);
+    env.wait_routed(&h, HOST, "/", &backend, SECS_10);
+    let mut ws = Driver::start(&python, &h, HOST);
+    assert_eq!(ws.open("w", &h), backend.name);
+    // A second one that the client closes before the stop: nothing to do for it.
+    assert_eq!(ws.open("gone", &h), backend.name);
+    ws.close("gone", &h);
+
+    let stopped = Instant::now();
+    h.signal(SIGTERM);
+    // Still open and echoing while the timeout runs.
+    ws.echo("w", "after-the-signal", &h);
+    let end = ws.ask("wait_end w 10", Duration::from_secs(15), &h);
+    let took = stopped.elapsed();
+    eprintln!("{end} after {took:?}");
+    assert!(end.starts_with("ended w received=1001 "), "{end}\nhawser log:\n{}", h.log());
+    assert!(took >= Duration::from_millis(1400), "closed {took:?} after the signal, before tunnel_shutdown_timeout");
+    assert!(took < Duration::from_millis(5000), "closed {took:?} after the signal: pingora's grace period (6 s), not hawser, ended it");
+}

@@ -57,6 +57,7 @@ pub struct ClientsSection {
     pub max_uri_length: Option<Size>,
     pub max_connections: Option<MaxConnections>,
     pub trusted_proxies: Option<Vec<Cidr>>,
+    pub tunnel_shutdown_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

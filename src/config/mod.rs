@@ -66,6 +66,10 @@ pub struct ClientPolicy {
     /// Peers whose `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are believed (appended to);
     /// from anyone else those headers are replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// After the signal to stop (or hand over), how long a WebSocket or other tunnel may go on
+    /// before hawser closes it (see [`crate::edge::tunnel`]). Below
+    /// `pingora.grace_period_seconds`; by default all of it but the last second.
+    pub tunnel_shutdown_timeout: Duration,
 }
 
 impl Default for ClientPolicy {
@@ -80,6 +84,7 @@ impl Default for ClientPolicy {
             max_uri_length: 8 * 1024,
             max_connections: None,
             trusted_proxies: Vec::new(),
+            tunnel_shutdown_timeout: crate::edge::tunnel::default_timeout(DEFAULT_GRACE_PERIOD_SECONDS),
         }
     }
 }
@@ -500,7 +505,17 @@ impl Loaded {
                 "serving over TLS needs a `tls:` section (tls.listen, certificates or acme)".into(),
             ));
         }
-        let clients = client_policy(&f.clients);
+        let grace = server.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
+        let clients = client_policy(&f.clients, grace);
+        if clients.tunnel_shutdown_timeout >= Duration::from_secs(grace) {
+            return Err(err(
+                "clients.tunnel_shutdown_timeout",
+                format!(
+                    "{:?} is not below pingora.grace_period_seconds ({grace} s): tunnels must be closed before pingora drops the connections",
+                    clients.tunnel_shutdown_timeout
+                ),
+            ));
+        }
         let access_log = f.access_log.unwrap_or(AccessLogFormat::Off);
         let h2c = f.h2c.unwrap_or(true);
         Ok(Loaded { config: Config { listen, h2c, docker, services, health, proxy, admin, access_log, clients, tls }, server })
@@ -560,7 +575,7 @@ fn sets_pingora_threads(text: &str) -> bool {
         .is_some_and(|p| p.contains_key("threads"))
 }
 
-fn client_policy(s: &file::ClientsSection) -> ClientPolicy {
+fn client_policy(s: &file::ClientsSection, grace_period_seconds: u64) -> ClientPolicy {
     let d = ClientPolicy::default();
     let bytes = |v: &Option<file::Size>, default: usize| v.map_or(default, |n| usize::try_from(n.0).unwrap_or(usize::MAX));
     ClientPolicy {
@@ -576,6 +591,10 @@ fn client_policy(s: &file::ClientsSection) -> ClientPolicy {
             Some(file::MaxConnections::Fixed(n)) => Some(n as usize),
         },
         trusted_proxies: s.trusted_proxies.iter().flatten().map(|c| c.0).collect(),
+        tunnel_shutdown_timeout: s
+            .tunnel_shutdown_timeout
+            .as_ref()
+            .map_or_else(|| crate::edge::tunnel::default_timeout(grace_period_seconds), |d| d.0),
     }
 }
 

@@ -31,6 +31,9 @@
 //!   without touching the others.
 //! - Bytes read to choose the protocol are replayed, in order, before the socket is read
 //!   again: pingora sees exactly what the client sent.
+//! - A connection its backend switched to a tunnel ([`tunnel_opened`]) is ended cleanly when
+//!   hawser stops or hands over, as [`super::tunnel`] says; before that, its bytes pass as
+//!   they are.
 
 use std::io;
 use std::pin::Pin;
@@ -54,6 +57,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{self, HeadLimits, Reject};
+use super::tunnel::{self, Tunnel};
 use crate::config::ClientPolicy;
 use crate::metrics::{ClientClose, metrics};
 use crate::proxy::HawserProxy;
@@ -84,6 +88,8 @@ struct EdgeTls {
 struct Timeouts {
     header: Duration,
     keepalive: Duration,
+    /// How long a tunnel may go on after the shutdown signal.
+    tunnel_shutdown: Duration,
 }
 
 impl EdgeApp {
@@ -93,7 +99,11 @@ impl EdgeApp {
         EdgeApp {
             proxy: Arc::new(proxy),
             h2c,
-            timeouts: Timeouts { header: clients.header_timeout, keepalive: clients.keepalive_timeout },
+            timeouts: Timeouts {
+                header: clients.header_timeout,
+                keepalive: clients.keepalive_timeout,
+                tunnel_shutdown: clients.tunnel_shutdown_timeout,
+            },
             limits: HeadLimits::from(clients),
             max_connections,
             open: Arc::new(AtomicUsize::new(0)),
@@ -162,7 +172,7 @@ impl ServerApp for EdgeApp {
             Some(tls) => self.handshake(tls, stream).await?,
         };
         let h2 = stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2);
-        let mut stream = EdgeStream::new(stream, self.timeouts, self.limits.max_header_size);
+        let mut stream = EdgeStream::new(stream, self.timeouts, self.limits.max_header_size, shutdown.clone());
         let chosen = if h2 {
             // HTTP/2 by ALPN: pingora's HTTP/2 connection has its own idle timeout.
             stream.clock.phase.store(BUSY, Ordering::Release);
@@ -257,6 +267,8 @@ pub struct HeadClock {
     generation: AtomicU32,
     /// Milliseconds after `epoch` at which the current wait ends (phases with a deadline).
     deadline_ms: AtomicU64,
+    /// The backend switched the connection: [`NO_TUNNEL`], [`WEBSOCKET`] or [`OTHER_TUNNEL`].
+    tunnel: AtomicU8,
     epoch: Instant,
     timeouts: Timeouts,
 }
@@ -273,6 +285,10 @@ const EXPIRED_HEAD: u8 = 4;
 /// A later head broke a limit: every read fails.
 const REFUSED: u8 = 5;
 
+const NO_TUNNEL: u8 = 0;
+const WEBSOCKET: u8 = 1;
+const OTHER_TUNNEL: u8 = 2;
+
 impl HeadClock {
     fn new(timeouts: Timeouts) -> HeadClock {
         let clock = HeadClock {
@@ -280,6 +296,7 @@ impl HeadClock {
             first_head_checked: AtomicBool::new(false),
             generation: AtomicU32::new(0),
             deadline_ms: AtomicU64::new(0),
+            tunnel: AtomicU8::new(NO_TUNNEL),
             epoch: Instant::now(),
             timeouts,
         };
@@ -350,6 +367,14 @@ pub fn request_done(stream: Option<&Stream>) {
     }
 }
 
+/// The backend answered 101: what follows the response head on this connection is a tunnel
+/// (a WebSocket's frames when `websocket`), to be ended cleanly at shutdown.
+pub fn tunnel_opened(stream: Option<&Stream>, websocket: bool) {
+    if let Some(clock) = clock_of(stream) {
+        clock.tunnel.store(if websocket { WEBSOCKET } else { OTHER_TUNNEL }, Ordering::Release);
+    }
+}
+
 fn clock_of(stream: Option<&Stream>) -> Option<&HeadClock> {
     stream?.as_any().downcast_ref::<EdgeStream>().map(|s| &*s.clock)
 }
@@ -374,6 +399,10 @@ pub struct EdgeStream {
     /// The head being read on a kept-alive connection, measured as it passes.
     scan: HeadScan,
     max_header_size: usize,
+    /// pingora's shutdown signal, for a tunnel's end.
+    shutdown: ShutdownWatch,
+    /// Made when the connection becomes a tunnel (boxed: most connections never do).
+    tunnel: Option<Box<Tunnel>>,
 }
 
 /// How much of a later request head has been read (pingora would buffer up to 1 MiB of it).
@@ -388,7 +417,7 @@ struct HeadScan {
 }
 
 impl EdgeStream {
-    fn new(inner: Stream, timeouts: Timeouts, max_header_size: usize) -> EdgeStream {
+    fn new(inner: Stream, timeouts: Timeouts, max_header_size: usize, shutdown: ShutdownWatch) -> EdgeStream {
         EdgeStream {
             inner,
             replay: Vec::new(),
@@ -397,7 +426,36 @@ impl EdgeStream {
             timer: None,
             scan: HeadScan::default(),
             max_header_size,
+            shutdown,
+            tunnel: None,
         }
+    }
+
+    /// The tunnel, made on the first write after the proxy marked the connection (the 101's
+    /// head is the first thing written after that).
+    fn tunnel(&mut self) -> Option<&mut Tunnel> {
+        if self.tunnel.is_none() {
+            let kind = match self.clock.tunnel.load(Ordering::Acquire) {
+                WEBSOCKET => tunnel::Kind::WebSocket,
+                OTHER_TUNNEL => tunnel::Kind::Other,
+                _ => return None,
+            };
+            self.tunnel = Some(Box::new(Tunnel::new(kind, self.shutdown.clone(), self.clock.timeouts.tunnel_shutdown)));
+        }
+        self.tunnel.as_deref_mut()
+    }
+
+    fn poll_write_tunnel(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let Some(tunnel) = self.tunnel.as_deref_mut() else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        if !tunnel.passes_writes() {
+            // Closing: the backend's bytes after the close frame are dropped.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        tunnel.written(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     /// Measures `new` bytes read while a head is awaited; refuses a head that passes
@@ -534,6 +592,13 @@ impl AsyncRead for EdgeStream {
         if this.clock.expired().is_some() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client deadline passed")));
         }
+        if let Some(t) = this.tunnel.as_deref_mut()
+            && t.state != tunnel::State::Open
+        {
+            // Ending: the read sees the end of the stream once the close is out.
+            ready!(tunnel::poll_close(t, &mut this.inner, cx));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -545,6 +610,12 @@ impl AsyncRead for EdgeStream {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if let Some(t) = this.tunnel.as_deref_mut()
+                    && t.poll_due(cx)
+                {
+                    ready!(tunnel::poll_close(t, &mut this.inner, cx));
+                    return Poll::Ready(Ok(()));
+                }
                 let Some(deadline) = this.clock.deadline() else {
                     return Poll::Pending;
                 };
@@ -572,11 +643,21 @@ impl AsyncRead for EdgeStream {
 
 impl AsyncWrite for EdgeStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.tunnel().is_some() {
+            return this.poll_write_tunnel(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.tunnel().is_some() {
+            // A tunnel's bytes are followed write by write: one slice at a time.
+            let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            return this.poll_write_tunnel(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -588,13 +669,20 @@ impl AsyncWrite for EdgeStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.tunnel.as_ref().is_some_and(|t| t.state == tunnel::State::Closed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
 impl Shutdown for EdgeStream {
     async fn shutdown(&mut self) {
+        if self.tunnel.as_ref().is_some_and(|t| t.state == tunnel::State::Closed) {
+            return;
+        }
         Shutdown::shutdown(&mut *self.inner).await;
     }
 }
@@ -689,7 +777,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn clock_phases() {
-        let t = Timeouts { header: Duration::from_secs(60), keepalive: Duration::from_secs(75) };
+        let t = Timeouts { header: Duration::from_secs(60), keepalive: Duration::from_secs(75), tunnel_shutdown: Duration::from_secs(4) };
         let clock = HeadClock::new(t);
         let start = Instant::now();
         assert_eq!(clock.deadline().unwrap().duration_since(start).as_secs(), 60);

@@ -17,6 +17,8 @@
 //!   resolves outside that prefix.
 //! - [`forwarded`]: `Forwarded`, `X-Forwarded-*` and `X-Real-IP` reach a backend only as hawser
 //!   states them, or appended to when the peer is a trusted proxy.
+//! - [`tunnel`]: when hawser stops or hands over, a WebSocket still open gets a close frame
+//!   1001 "going away" between two of the backend's frames, never in the middle of one.
 
 pub mod conn;
 pub mod forwarded;
@@ -24,3 +26,4 @@ pub mod framing;
 pub mod host;
 pub mod https;
 pub mod path;
+pub mod tunnel;
