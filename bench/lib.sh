@@ -15,9 +15,14 @@
 #   bench_backend_image     compiles tests/support/backend.rs statically into a FROM-scratch
 #                           image $IMAGE labelled $RUN_LABEL=$RUN_ID, in $TMP/ctx; sets
 #                           IMAGE_BUILT=1 first, so that cleanup removes a half-built one too
-#   bench_backends [LABEL=VALUE...]   builds the backend image, creates network $NET and starts
-#                           $BACKENDS containers on it that join hawser's service `app` (plus
-#                           the given extra labels, unprefixed keys); sets NAMES and IPS
+#   bench_grpc_backend_image     the same for the gRPC test backend (tests/support/grpc-backend,
+#                           an HTTP/2 server on port 80), built as tests/common/grpc.rs builds
+#                           it: cargo, static, in the tests' target dir (target/tmp/
+#                           grpc-backend-target), so that a tested checkout builds nothing
+#   bench_backends [LABEL=VALUE...]   builds the backend image (BACKEND_KIND=grpc: the gRPC
+#                           one), creates network $NET and starts $BACKENDS containers on it
+#                           that join hawser's service ${BACKEND_SERVICE:-app} (plus the given
+#                           extra labels, unprefixed keys); sets NAMES and IPS
 #   bench_wait_ready PX URL [CURL_ARG...]   waits until proxy PX (pid ${PID[PX]}) has answered
 #                           200 at URL from all $BACKENDS backends (X-Backend names), at most
 #                           $READY_TIMEOUT s; dies when it exits or the time is up
@@ -112,19 +117,42 @@ bench_backend_image() {
     mkdir -p "$TMP/ctx"
     rustc --edition 2021 -O -C target-feature=+crt-static "$REPO/tests/support/backend.rs" \
         -o "$TMP/ctx/backend" </dev/null >&2 || die "compiling tests/support/backend.rs failed"
+    bench_image_from_ctx "$t"
+}
+
+bench_grpc_backend_image() {
+    local t=$EPOCHREALTIME host target_dir
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
+    host=$(rustc -vV </dev/null | sed -n 's/^host: //p')
+    [[ -n $host ]] || die "rustc -vV names no host triple"
+    target_dir="${CARGO_TARGET_DIR:-$REPO/target}/tmp/grpc-backend-target"
+    note "cargo build of the gRPC test backend (may wait on the build lock of another build)"
+    # --target: the static flag then applies to the binary only, not to build scripts.
+    (cd "$REPO" && env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --locked --quiet --target "$host" \
+        --manifest-path tests/support/grpc-backend/Cargo.toml --target-dir "$target_dir" </dev/null >&2) \
+        || die "building the gRPC test backend (tests/support/grpc-backend) failed"
+    mkdir -p "$TMP/ctx"
+    cp "$target_dir/$host/release/hawser-grpc-backend" "$TMP/ctx/backend" \
+        || die "the gRPC test backend's binary is not where cargo builds it ($target_dir)"
+    bench_image_from_ctx "$t"
+}
+
+# The FROM-scratch image $IMAGE of $TMP/ctx/backend; T: when building it began.
+bench_image_from_ctx() {
     printf 'FROM scratch\nCOPY backend /backend\nEXPOSE 80\nENTRYPOINT ["/backend"]\n' >"$TMP/ctx/Dockerfile"
     # shellcheck disable=SC2034 # read by the caller's cleanup
     IMAGE_BUILT=1
     docker build -q --label "${RUN_LABEL}=${RUN_ID}" -t "$IMAGE" "$TMP/ctx" </dev/null >"$TMP/build.log" 2>&1 \
         || { cat "$TMP/build.log" >&2; die "docker build of the backend image failed"; }
-    note "backend image $IMAGE ($(secs_since "$t") s)"
+    note "backend image $IMAGE ($(secs_since "$1") s)"
 }
 
 bench_backends() {
     local t=$EPOCHREALTIME i name ip kv
     local -a extra=()
     for kv in "$@"; do extra+=(--label "${PREFIX}.${kv}"); done
-    bench_backend_image
+    if [[ ${BACKEND_KIND:-http} == grpc ]]; then bench_grpc_backend_image; else bench_backend_image; fi
     # shellcheck disable=SC2034 # read by the caller's cleanup
     NET_CREATED=1
     docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
@@ -134,7 +162,7 @@ bench_backends() {
     for ((i = 1; i <= BACKENDS; i++)); do
         name="${PREFIX}-b${i}"
         docker run -d --name "$name" --network "$NET" --label "${RUN_LABEL}=${RUN_ID}" \
-            --label "${PREFIX}.enable=true" --label "${PREFIX}.service=app" "${extra[@]}" \
+            --label "${PREFIX}.enable=true" --label "${PREFIX}.service=${BACKEND_SERVICE:-app}" "${extra[@]}" \
             -e "NAME=$name" "$IMAGE" </dev/null >/dev/null || die "docker run $name failed"
         NAMES+=("$name")
     done
