@@ -733,9 +733,11 @@ fn deadline_passed(ctx: &RequestCtx, e: &Error) -> bool {
         && (matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::HTTPStatus(504)))
 }
 
+/// The client ended the exchange: closed its connection, or (HTTP/2) reset its stream, as gRPC
+/// clients do to cancel a call. There is no one to answer, and it is no fault of hawser's.
 fn client_went_away(e: &Error) -> bool {
     *e.esource() == ErrorSource::Downstream
-        && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed)
+        && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::H2Error)
 }
 
 /// hawser's own answer to a request it does not pass on: [`respond`]'s plain text, or for a

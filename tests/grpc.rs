@@ -117,6 +117,9 @@ fn grpc_timeout_is_the_calls_timeout() {
     assert_eq!(out["short"]["code"], "DEADLINE_EXCEEDED", "{out}");
     assert_eq!(out["stream"], serde_json::json!({"code": "OK", "value": ["0", "1"]}), "{out}\nhawser log:\n{}", h.log());
 
+    // A call the client cancels (RST_STREAM) is the client's end: no answer, no 4xx.
+    assert_eq!(calls("cancel", &h.addr.to_string(), HOST, &[]), serde_json::json!({"cancelled": true}));
+
     // A client that sends a deadline but does not keep it itself (curl): hawser answers at
     // the deadline, in gRPC's form, and cancels the call toward the backend.
     let body = tmp_dir().join(format!("grpc-deadline-{}.bin", std::process::id()));
@@ -153,6 +156,9 @@ fn grpc_timeout_is_the_calls_timeout() {
     let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
     let ejected = metric(&r.body, &format!("hawser_passive_ejections_total{{service=\"{SERVICE}\"}}")).unwrap_or(0.0);
     assert_eq!(ejected, 0.0, "ejected for a client's deadline");
+    let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
+    let client_errors = metric(&r.body, &format!("hawser_requests_total{{class=\"4xx\",service=\"{SERVICE}\"}}")).unwrap_or(0.0);
+    assert_eq!(client_errors, 0.0, "a cancelled call counted as a 4xx\nhawser log:\n{}", h.log());
     wait_until("the 504 counted", SECS_5, || {
         let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
         let n = metric(&r.body, &format!("hawser_requests_total{{class=\"5xx\",service=\"{SERVICE}\"}}")).unwrap_or(0.0);

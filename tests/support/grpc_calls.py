@@ -4,6 +4,7 @@ saw as one JSON object.
 
     grpc_calls.py kinds ADDR AUTHORITY      every kind of call, through hawser
     grpc_calls.py deadline ADDR AUTHORITY   calls with deadlines
+    grpc_calls.py cancel ADDR AUTHORITY     a slow call, cancelled by the client after 300 ms
     grpc_calls.py unary ADDR AUTHORITY MSG  one unary call: {"code", "value" | "details"}
     grpc_calls.py tls_unary ADDR AUTHORITY MSG CA_PEM   the same over TLS (h2), trusting CA_PEM
 """
@@ -121,6 +122,10 @@ def main():
             out = kinds(m)
         elif cmd == "deadline":
             out = deadline(m)
+        elif cmd == "cancel":
+            call = m["unary"].future(b"sleep:3000")
+            time.sleep(0.3)
+            out = {"cancelled": call.cancel()}
         elif cmd in ("unary", "tls_unary"):
             out = outcome(lambda: m["unary"](sys.argv[4].encode(), timeout=10))
         else:
