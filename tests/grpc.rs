@@ -95,6 +95,19 @@ fn every_kind_of_call_passes_through_to_an_h2c_backend() {
     assert_eq!(out["backend_status"]["details"], "not here, é");
     assert_eq!(out["concurrent_ok"], 300, "{out}\nhawser log:\n{}", log());
 
+    // A WebSocket upgrade cannot cross HTTP/2 (no extended CONNECT in pingora): the backend
+    // gets a plain GET, and the client an ordinary answer, not a 101 (README, Protocols).
+    let mut conn = HttpConn::connect(h.addr).unwrap();
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let r = conn.request("GET", HOST, "/chat", &upgrade, b"").unwrap();
+    assert_eq!(r.status, 200, "{r:?}\nhawser log:\n{}", log());
+    assert!(r.backend().is_some_and(|x| x == a.name || x == b.name), "{r:?}");
+
     // Counted as the 2xx they are, and the backends stayed in rotation.
     let r = admin_request(h.admin, "GET", "/metrics", None).unwrap();
     let ok = metric(&r.body, &format!("hawser_requests_total{{class=\"2xx\",service=\"{SERVICE}\"}}")).unwrap_or(0.0);

@@ -864,6 +864,14 @@ pingora:
         assert_eq!(c.services["a"].proxy.h2_ping_interval, Some(Duration::from_secs(30)));
         assert_eq!(c.proxy.h2_streams_per_connection, 100);
         assert!(load("proxy: {h2_streams_per_connection: 0}").is_err());
+        // Tunnels are closed before pingora's grace period ends.
+        assert_eq!(load("").unwrap().clients.tunnel_shutdown_timeout, Duration::from_secs(4));
+        let c = Loaded::from_yaml("pingora: {grace_period_seconds: 30}", "t.yaml").unwrap().config;
+        assert_eq!(c.clients.tunnel_shutdown_timeout, Duration::from_secs(29));
+        assert_eq!(load("clients: {tunnel_shutdown_timeout: 1500ms}").unwrap().clients.tunnel_shutdown_timeout, Duration::from_millis(1500));
+        let e = load("clients: {tunnel_shutdown_timeout: 5s}").unwrap_err();
+        assert_eq!(e.key, "clients.tunnel_shutdown_timeout");
+        assert!(e.message.contains("grace_period_seconds"), "{e:?}");
     }
 
     mod properties {
@@ -876,7 +884,7 @@ pingora:
             "docker.exposed_by_default", "health_check.interval", "health_check.rise", "health_check.type",
             "proxy.read_timeout", "proxy.retries", "proxy.retry_budget.ratio", "proxy.max_body_size",
             "proxy.stream_idle_timeout", "proxy.h2_streams_per_connection", "proxy.h2_ping_interval", "admin.listen", "clients.header_timeout", "clients.send_timeout", "clients.max_header_size",
-            "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "services.a.hosts",
+            "clients.max_headers", "clients.max_connections", "clients.trusted_proxies", "clients.tunnel_shutdown_timeout", "services.a.hosts",
             "services.a.path_prefix", "services.a.port", "services.a.max_body_size", "services.a.scheme",
             "services.a.server_name", "services.a.ca", "services.a.tls_verify",
         ];
