@@ -94,6 +94,13 @@ fn every_kind_of_call_passes_through_to_an_h2c_backend() {
     assert_eq!(out["backend_status"]["code"], "NOT_FOUND", "{out}");
     assert_eq!(out["backend_status"]["details"], "not here, é");
     assert_eq!(out["concurrent_ok"], 300, "{out}\nhawser log:\n{}", log());
+    // Calls share HTTP/2 connections to the backends (h2_streams_per_connection, 100): 32 at
+    // once over 2 backends, where one call per connection would have needed about 16 each.
+    for backend in [&a, &b] {
+        let (_, connections) = backend_stats(&format!("{}:80", backend.ip_default()));
+        eprintln!("{}: {connections} connections carried calls (one of them this question)", backend.name);
+        assert!(connections <= 5, "{}: {connections} connections for 300 calls, 32 at a time", backend.name);
+    }
 
     // A WebSocket upgrade cannot cross HTTP/2 (no extended CONNECT in pingora): the backend
     // gets a plain GET, and the client an ordinary answer, not a 101 (README, Protocols).
@@ -182,6 +189,12 @@ fn grpc_timeout_is_the_calls_timeout() {
 
 /// The backend's count of cancelled calls, asked directly.
 fn calls_stats(direct: &str) -> u64 {
+    backend_stats(direct).0
+}
+
+/// The backend's counts of cancelled calls and of connections that carried calls, asked
+/// directly (the asking connection counts too).
+fn backend_stats(direct: &str) -> (u64, u64) {
     let python = python_with(&["grpc"]);
     let code = r#"
 import sys, grpc
@@ -191,7 +204,10 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
 "#;
     let out = Command::new(&python).args(["-c", code, direct]).output().expect("run python");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.trim().strip_prefix("cancelled=").and_then(|n| n.parse().ok()).unwrap_or(0)
+    let field = |name: &str| {
+        text.split_whitespace().find_map(|f| f.strip_prefix(name)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    (field("cancelled="), field("connections="))
 }
 
 /// `SetHealth` on the backend itself (not through hawser, which may have no ready backend).

@@ -29,7 +29,9 @@
 //! /hawser.test.Echo/ClientStream  reads every message, then answers "COUNT,BYTES"
 //! /hawser.test.Echo/Bidi          each message echoed as soon as it is read
 //! /hawser.test.Echo/SetHealth     "serving" or "not_serving": what Health/Check answers
-//! /hawser.test.Echo/Stats         "cancelled=N": calls whose client reset the stream
+//! /hawser.test.Echo/Stats         "cancelled=N connections=M": calls whose client reset the
+//!                                 stream, and connections that carried a call of
+//!                                 hawser.test.Echo (health checks and plain requests not counted)
 //! /grpc.health.v1.Health/Check    HealthCheckResponse{status: SERVING (1) or NOT_SERVING (2)}
 //! anything else gRPC              status 12 (UNIMPLEMENTED)
 //! ```
@@ -57,6 +59,7 @@ const MAX_MESSAGE: usize = 4 << 20;
 static NAME: OnceLock<String> = OnceLock::new();
 static SERVING: AtomicBool = AtomicBool::new(true);
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
+static ECHO_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 fn name() -> &'static str {
     NAME.get().map(String::as_str).unwrap_or("grpc-backend")
@@ -142,8 +145,13 @@ async fn connection<T: AsyncRead + AsyncWrite + Unpin>(io: T) {
     else {
         return;
     };
+    let mut counted = false;
     while let Some(accepted) = conn.accept().await {
         let Ok((request, respond)) = accepted else { return };
+        if !counted && request.uri().path().starts_with("/hawser.test.Echo/") {
+            counted = true;
+            ECHO_CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+        }
         tokio::spawn(async move {
             let cancelled = handle(request, respond).await.is_err();
             if cancelled {
@@ -239,7 +247,8 @@ async fn handle(request: Request<RecvStream>, respond: SendResponse<Bytes>) -> R
             if call.one().await?.is_none() {
                 return Ok(());
             }
-            call.reply(&[Bytes::from(format!("cancelled={}", CANCELLED.load(Ordering::SeqCst)))]).await
+            let stats = format!("cancelled={} connections={}", CANCELLED.load(Ordering::SeqCst), ECHO_CONNECTIONS.load(Ordering::SeqCst));
+            call.reply(&[Bytes::from(stats)]).await
         }
         "/grpc.health.v1.Health/Check" => {
             // HealthCheckRequest{service} is read and not looked at: one status for the server.
