@@ -180,6 +180,13 @@ pub async fn probe_once(target: &ProbeTarget) -> Result<(), ProbeFailure> {
                 why: crate::upstream::describe_connect_error(&e),
                 tls: crate::upstream::is_tls_error(&e),
             })?;
+            if target.dial.scheme == crate::config::Scheme::H2
+                && target.probe != Probe::Tcp
+                && stream.selected_alpn_proto() != Some(pingora::protocols::ALPN::H2)
+            {
+                // pingora would speak HTTP/1.1 to it: say so rather than pass the probe in h2.
+                return Err(ProbeFailure::other("the backend did not choose HTTP/2 in the TLS handshake (ALPN h2); scheme h2 needs it".into()));
+            }
             exchange_any(stream, target).await.map_err(ProbeFailure::other)
         } else {
             let stream = TcpStream::connect(target.addr).await.map_err(|e| ProbeFailure::other(format!("cannot connect: {e}")))?;
@@ -203,10 +210,14 @@ async fn exchange_any<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream
 
 /// The largest answer body an HTTP/2 probe reads.
 const MAX_PROBE_BODY: usize = 4096;
+/// The largest header list an HTTP/2 probe accepts.
+const MAX_PROBE_HEADERS: u32 = 16 * 1024;
 
 /// An HTTP/2 probe on a connected stream (see the module doc).
 async fn exchange_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, target: &ProbeTarget) -> Result<(), String> {
+    // A hostile backend could otherwise make each probe hold 16 MiB of headers (h2's default).
     let (client, connection) = h2::client::Builder::new()
+        .max_header_list_size(MAX_PROBE_HEADERS)
         .handshake::<_, bytes::Bytes>(stream)
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
@@ -251,6 +262,9 @@ async fn exchange_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream:
     // Trailers-Only: the status came with the headers, and there is no message.
     if let Some(failed) = grpc_failure(response.headers()) {
         return Err(failed);
+    }
+    if response.headers().contains_key("grpc-status") {
+        return Err("the gRPC health answer has status OK but no HealthCheckResponse".into());
     }
     let mut body = response.into_body();
     let mut message = Vec::new();

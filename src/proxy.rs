@@ -105,7 +105,8 @@ pub struct RequestCtx {
     upstream_target: Option<String>,
     /// Set for WebSocket, server-sent events and gRPC: `stream_idle_timeout` applies.
     long_lived: Option<LongLived>,
-    /// A gRPC call's deadline, from its `grpc-timeout`: no upstream read waits past it.
+    /// A gRPC call's deadline, from its `grpc-timeout`, on a service spoken to in HTTP/2 (see
+    /// [`grpc_read_timeout`]).
     deadline: Option<std::time::Instant>,
     /// The backend switched this request to WebSocket: counted open until the request ends.
     websocket: Option<streams::WebSocketOpen>,
@@ -226,7 +227,9 @@ impl ProxyHttp for HawserProxy {
                 svc.retry_budget.deposit();
                 svc.metrics.in_flight.inc();
                 ctx.long_lived = streams::classify(req);
-                if ctx.long_lived == Some(LongLived::Grpc) {
+                // Only where gRPC can work: a client cannot stretch an HTTP/1.1 request's
+                // timeouts by calling it gRPC.
+                if svc.upstream.load().scheme.is_h2() && grpc::is_grpc(req) {
                     ctx.deadline = grpc::timeout(req).and_then(|t| ctx.started.checked_add(t));
                 }
                 ctx.upstream_target = target.upstream_target(req);
@@ -276,8 +279,7 @@ impl ProxyHttp for HawserProxy {
         let mut peer = upstream.peer(addr, host);
         peer.options.connection_timeout = Some(svc.proxy.connect_timeout);
         let read_timeout = match (ctx.long_lived, ctx.deadline) {
-            // Within the idle bound: a far deadline waits no longer than any stream.
-            (_, Some(deadline)) => (deadline - now).min(svc.proxy.stream_idle_timeout),
+            (_, Some(deadline)) => grpc_read_timeout(deadline - now, svc.proxy.stream_idle_timeout),
             (Some(_), None) => svc.proxy.stream_idle_timeout,
             (None, None) => svc.proxy.read_timeout,
         };
@@ -373,7 +375,10 @@ impl ProxyHttp for HawserProxy {
         // A client that hangs up before its answer (a load generator stopping, a browser
         // navigating away) is the client's choice, not an error of hawser's; so is the idle
         // end of a WebSocket or an event stream.
-        matches!(e.etype(), ErrorType::HTTPStatus(_)) || client_went_away(e) || (ctx.long_lived.is_some() && streams::idle_end(e))
+        matches!(e.etype(), ErrorType::HTTPStatus(_))
+            || client_went_away(e)
+            || (ctx.long_lived.is_some() && streams::idle_end(e))
+            || deadline_passed(ctx, e)
     }
 
     /// The upstream's answer: a gateway error (502/503/504) extends the backend's failure run,
@@ -429,6 +434,12 @@ impl ProxyHttp for HawserProxy {
         }
         if ctx.long_lived.is_some() && streams::idle_end(&e) {
             // Nothing moved for stream_idle_timeout: the stream's end, not the backend's fault.
+            e.set_retry(false);
+            return e;
+        }
+        if deadline_passed(ctx, &e) {
+            // The client's deadline, not the backend's fault: a client must not eject backends
+            // by asking for short deadlines.
             e.set_retry(false);
             return e;
         }
@@ -725,7 +736,19 @@ impl Tried {
     }
 }
 
-/// The client closed or broke its connection: there is nobody to answer.
+/// How long a gRPC call with `left` of its deadline waits for each read from the backend: its
+/// deadline plus a margin (10 %, at least 1 s), within `stream_idle_timeout`.
+///
+/// The margin lets the client (which cancels at its deadline) or the backend (which gets the
+/// `grpc-timeout` and enforces it) end the call first. hawser's own timeout fires only when
+/// neither did, and it costs more than a stream: pingora takes an upstream HTTP/2 connection
+/// out of use after a read timeout on it, so a timeout at the bare deadline would let any
+/// client force a new backend connection per call by asking for tiny deadlines.
+fn grpc_read_timeout(left: std::time::Duration, stream_idle_timeout: std::time::Duration) -> std::time::Duration {
+    let margin = (left / 10).max(std::time::Duration::from_secs(1));
+    left.saturating_add(margin).min(stream_idle_timeout)
+}
+
 /// A gRPC call that ended because its deadline passed: the upstream read that timed out was
 /// bounded by it, or a retry found it gone.
 fn deadline_passed(ctx: &RequestCtx, e: &Error) -> bool {
@@ -733,11 +756,35 @@ fn deadline_passed(ctx: &RequestCtx, e: &Error) -> bool {
         && (matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::HTTPStatus(504)))
 }
 
-/// The client ended the exchange: closed its connection, or (HTTP/2) reset its stream, as gRPC
-/// clients do to cancel a call. There is no one to answer, and it is no fault of hawser's.
+/// The client ended the exchange: closed its connection, or (HTTP/2) reset its stream or lost
+/// its connection, as gRPC clients do to cancel a call. There is no one to answer, and it is no
+/// fault of hawser's. Other HTTP/2 errors (pingora's own misuse of a stream, a client's
+/// malformed requests) are not this: they are still logged.
 fn client_went_away(e: &Error) -> bool {
-    *e.esource() == ErrorSource::Downstream
-        && matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::H2Error)
+    if *e.esource() != ErrorSource::Downstream {
+        return false;
+    }
+    match e.etype() {
+        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => true,
+        ErrorType::H2Error => {
+            // Down the chain of causes (pingora keeps its own as `Box<Error>`): pingora's error
+            // when the client reset the stream while its answer was awaited (it keeps only the
+            // reason, in words), or h2's.
+            let mut next: Option<&Error> = Some(e);
+            while let Some(p) = next {
+                if p.context.as_ref().is_some_and(|t| t.as_str().starts_with("Client closed H2")) {
+                    return true;
+                }
+                let Some(cause) = p.cause.as_deref() else { return false };
+                if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+                    return h2.is_reset() || h2.is_io() || h2.is_go_away() || h2.reason() == Some(h2::Reason::CANCEL);
+                }
+                next = cause.downcast_ref::<Box<Error>>().map(|b| &**b).or_else(|| cause.downcast_ref::<Error>());
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 /// hawser's own answer to a request it does not pass on: [`respond`]'s plain text, or for a
@@ -862,6 +909,27 @@ mod tests {
         assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["A.test.:80"])).unwrap(), "a.test");
         assert_eq!(routed_host_value(&request("/", http::Version::HTTP_10, &[])), None);
         assert_eq!(routed_host_value(&request("/", http::Version::HTTP_11, &["a/b"])), None);
+    }
+
+    #[test]
+    fn a_client_resetting_its_stream_went_away() {
+        let reset = Error::explain(ErrorType::H2Error, "Client closed H2, reason: stream no longer needed").into_down();
+        assert!(client_went_away(&reset.more_context("Peer: addr: 10.0.0.1:80")));
+        let io = Error::because(ErrorType::H2Error, "downstream error while idling", h2::Error::from(h2::Reason::CANCEL)).into_down();
+        assert!(client_went_away(&io.more_context("Peer: x")));
+        let misuse = Error::explain(ErrorType::H2Error, "try to send body before header is sent").into_down();
+        assert!(!client_went_away(&misuse.more_context("Peer: x")));
+        let upstream = Error::explain(ErrorType::H2Error, "Client closed H2, reason: x").into_up();
+        assert!(!client_went_away(&upstream));
+    }
+
+    #[test]
+    fn a_grpc_call_waits_for_its_deadline_and_a_margin() {
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        assert_eq!(grpc_read_timeout(Duration::from_millis(5), hour), Duration::from_millis(1005), "at least 1 s more");
+        assert_eq!(grpc_read_timeout(Duration::from_secs(60), hour), Duration::from_secs(66), "10 % more");
+        assert_eq!(grpc_read_timeout(Duration::from_secs(99_999_999 * 3600), hour), hour, "within stream_idle_timeout");
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! Long-lived exchanges: WebSocket (any HTTP/1.1 upgrade), server-sent events and gRPC calls.
-//! They are quiet for minutes by design, so the proxy must not treat their silence as a dead
-//! backend.
+//! Long-lived exchanges: WebSocket (any HTTP/1.1 upgrade) and server-sent events. They are
+//! quiet for minutes by design, so the proxy must not treat their silence as a dead backend.
+//! (gRPC calls are not long-lived here: their own deadline sets their wait, see
+//! [`crate::grpc::timeout`]; without one, `read_timeout` applies, as nginx's
+//! `grpc_read_timeout`.)
 //!
 //! Invariants, kept by the proxy ([`crate::proxy`]):
 //! - A request is long-lived ([`classify`]) when it asks for an HTTP/1.1 upgrade (`Upgrade`
-//!   with the `upgrade` token in `Connection`), accepts `text/event-stream` (what an
-//!   `EventSource` sends), or is a gRPC call (any of which may be a stream; one with a
-//!   `grpc-timeout` waits at most that long, see [`crate::grpc::timeout`]). The request alone
-//!   decides: pingora 0.9 copies the peer's
+//!   with the `upgrade` token in `Connection`) or accepts `text/event-stream` (what an
+//!   `EventSource` sends). The request alone decides: pingora 0.9 copies the peer's
 //!   `read_timeout` into the upstream session when the proxying starts, after `upstream_peer`
 //!   and before any response, and no later filter can reach that session, so a response
 //!   that turns out to be `101` or `text/event-stream` cannot change it.
@@ -38,8 +38,6 @@ pub enum LongLived {
     Upgrade,
     /// Server-sent events: a response that trickles for as long as the backend wishes.
     EventStream,
-    /// A gRPC call: unary or streaming, the request cannot tell.
-    Grpc,
 }
 
 /// Whether `req` starts a long-lived exchange, and which kind.
@@ -48,8 +46,6 @@ pub fn classify(req: &RequestHeader) -> Option<LongLived> {
         Some(LongLived::Upgrade)
     } else if accepts_event_stream(req) {
         Some(LongLived::EventStream)
-    } else if crate::grpc::is_grpc(req) {
-        Some(LongLived::Grpc)
     } else {
         None
     }

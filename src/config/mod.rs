@@ -507,7 +507,7 @@ impl Loaded {
         }
         let grace = server.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
         let clients = client_policy(&f.clients, grace);
-        if clients.tunnel_shutdown_timeout >= Duration::from_secs(grace) {
+        if f.clients.tunnel_shutdown_timeout.is_some() && clients.tunnel_shutdown_timeout >= Duration::from_secs(grace) {
             return Err(err(
                 "clients.tunnel_shutdown_timeout",
                 format!(
@@ -627,7 +627,8 @@ fn merge_proxy(base: &ProxyPolicy, s: &file::ProxySection) -> ProxyPolicy {
         stream_idle_timeout: s.stream_idle_timeout.as_ref().map_or(base.stream_idle_timeout, |d| d.0),
         max_body_size: s.max_body_size.map(|n| n.0).or(base.max_body_size),
         h2_streams_per_connection: s.h2_streams_per_connection.as_ref().map_or(base.h2_streams_per_connection, |n| n.0),
-        h2_ping_interval: s.h2_ping_interval.as_ref().map(|d| d.0).or(base.h2_ping_interval),
+        // pingora waits 5 s for each PING's answer; more than one PING a second buys nothing.
+        h2_ping_interval: s.h2_ping_interval.as_ref().map(|d| d.0.max(Duration::from_secs(1))).or(base.h2_ping_interval),
     }
 }
 
@@ -869,6 +870,9 @@ pingora:
         let c = Loaded::from_yaml("pingora: {grace_period_seconds: 30}", "t.yaml").unwrap().config;
         assert_eq!(c.clients.tunnel_shutdown_timeout, Duration::from_secs(29));
         assert_eq!(load("clients: {tunnel_shutdown_timeout: 1500ms}").unwrap().clients.tunnel_shutdown_timeout, Duration::from_millis(1500));
+        // pingora.grace_period_seconds: 0 alone still loads: tunnels are closed at once.
+        let c = Loaded::from_yaml("pingora: {grace_period_seconds: 0}", "t.yaml").unwrap().config;
+        assert_eq!(c.clients.tunnel_shutdown_timeout, Duration::ZERO);
         let e = load("clients: {tunnel_shutdown_timeout: 5s}").unwrap_err();
         assert_eq!(e.key, "clients.tunnel_shutdown_timeout");
         assert!(e.message.contains("grace_period_seconds"), "{e:?}");

@@ -449,10 +449,13 @@ impl EdgeStream {
         let Some(tunnel) = self.tunnel.as_deref_mut() else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
-        if !tunnel.passes_writes() {
+        let limit = tunnel.write_limit();
+        if limit == Some(0) || !tunnel.passes_writes() {
             // Closing: the backend's bytes after the close frame are dropped.
             return Poll::Ready(Ok(buf.len()));
         }
+        // The close is due: only the rest of the frame being written passes, then the close.
+        let buf = &buf[..limit.map_or(buf.len(), |l| l.min(buf.len()))];
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         tunnel.written(&buf[..n]);
         Poll::Ready(Ok(n))
@@ -670,8 +673,20 @@ impl AsyncWrite for EdgeStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tunnel.as_ref().is_some_and(|t| t.state == tunnel::State::Closed) {
-            return Poll::Ready(Ok(()));
+        if let Some(t) = this.tunnel.as_deref_mut() {
+            match t.state {
+                // A close frame begun is finished (a truncated one would be a protocol error
+                // for the client), and one due at a boundary is sent: the tunnel ends anyway.
+                tunnel::State::Closing(_) | tunnel::State::ShuttingDown | tunnel::State::Closed => {
+                    ready!(tunnel::poll_close(t, &mut this.inner, cx));
+                    return Poll::Ready(Ok(()));
+                }
+                tunnel::State::Due if t.at_boundary() => {
+                    ready!(tunnel::poll_close(t, &mut this.inner, cx));
+                    return Poll::Ready(Ok(()));
+                }
+                tunnel::State::Open | tunnel::State::Due => {}
+            }
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }

@@ -14,14 +14,18 @@
 //!   [`Tunnel`] exists only for a connection whose request was switched (101) by its backend.
 //! - The close frame is written only between two frames of the backend's: what hawser passes
 //!   to the client after the 101's head is followed frame by frame ([`FrameScan`]), and the
-//!   close waits for the end of a frame still being written.
+//!   close waits for the end of a frame still being written. Once the close is due, a write
+//!   passes only up to the end of that frame, so the close goes out after it, whatever the
+//!   backend sends next.
+//! - The time runs from the signal, once per process: a tunnel opened after it (an upgrade
+//!   answered during the grace period) is closed at the same moment as the others.
 //! - After the close frame nothing more of the backend's reaches the client (an endpoint sends
 //!   no data after its close frame, §5.5.1); the client's side is then shut down (TLS
 //!   close_notify, FIN) and reads see the end of the stream.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -71,10 +75,18 @@ impl std::fmt::Debug for Tunnel {
     }
 }
 
+/// When the first tunnel saw the shutdown signal: the time of every tunnel runs from it.
+static SIGNALLED: OnceLock<tokio::time::Instant> = OnceLock::new();
+
 impl Tunnel {
     /// A tunnel whose next written bytes are its 101's head, to end `after` the signal on
     /// `shutdown`.
-    pub fn new(kind: Kind, mut shutdown: ShutdownWatch, after: Duration) -> Tunnel {
+    pub fn new(kind: Kind, shutdown: ShutdownWatch, after: Duration) -> Tunnel {
+        Tunnel::signalled_at(kind, shutdown, after, &SIGNALLED)
+    }
+
+    /// [`Tunnel::new`] with the process's signal time kept in `signalled` (tests keep their own).
+    fn signalled_at(kind: Kind, mut shutdown: ShutdownWatch, after: Duration, signalled: &'static OnceLock<tokio::time::Instant>) -> Tunnel {
         let due = async move {
             while !*shutdown.borrow_and_update() {
                 if shutdown.changed().await.is_err() {
@@ -82,7 +94,8 @@ impl Tunnel {
                     std::future::pending::<()>().await;
                 }
             }
-            tokio::time::sleep(after).await;
+            let signalled = *signalled.get_or_init(tokio::time::Instant::now);
+            tokio::time::sleep_until(signalled + after).await;
         };
         Tunnel { kind, state: State::Open, scan: FrameScan::default(), due: Mutex::new(Box::pin(due)), reader: None }
     }
@@ -112,6 +125,17 @@ impl Tunnel {
             State::Open => true,
             State::Due => !self.at_boundary(),
             _ => false,
+        }
+    }
+
+    /// How many of the next bytes may pass: all (`None`) until the close is due, then only up
+    /// to the end of the frame being written.
+    pub fn write_limit(&self) -> Option<usize> {
+        match self.state {
+            State::Open => None,
+            State::Due if self.kind == Kind::Other => Some(0),
+            State::Due => self.scan.to_boundary(),
+            _ => Some(0),
         }
     }
 
@@ -152,6 +176,19 @@ pub struct FrameScan {
 impl FrameScan {
     pub fn at_boundary(&self) -> bool {
         self.in_frames && self.have == 0 && self.payload_left == 0
+    }
+
+    /// How many bytes are left to the end of the current frame: the rest of its payload, or,
+    /// inside its header, one byte at a time until the header tells the length. `None` while
+    /// the response head has not ended.
+    pub fn to_boundary(&self) -> Option<usize> {
+        if !self.in_frames {
+            None
+        } else if self.have > 0 {
+            Some(1)
+        } else {
+            Some(usize::try_from(self.payload_left).unwrap_or(usize::MAX))
+        }
     }
 
     pub fn feed(&mut self, mut bytes: &[u8]) {
@@ -300,6 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn the_distance_to_the_next_boundary() {
+        let mut scan = FrameScan::default();
+        assert_eq!(scan.to_boundary(), None);
+        scan.feed(b"HTTP/1.1 101 x\r\n\r\n");
+        assert_eq!(scan.to_boundary(), Some(0));
+        let f = frame(2, 300, false);
+        scan.feed(&f[..1]);
+        assert_eq!(scan.to_boundary(), Some(1), "inside the header: a byte at a time");
+        scan.feed(&f[1..4]);
+        assert_eq!(scan.to_boundary(), Some(300));
+        scan.feed(&f[4..100]);
+        assert_eq!(scan.to_boundary(), Some(f.len() - 100));
+    }
+
+    #[test]
     fn the_head_ends_only_at_its_blank_line() {
         let mut scan = FrameScan::default();
         scan.feed(b"HTTP/1.1 101 x\r\nA: \r\r\n");
@@ -313,7 +365,8 @@ mod tests {
     #[tokio::test]
     async fn the_close_waits_for_the_signal_then_the_time_then_a_boundary() {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut t = Tunnel::new(Kind::WebSocket, rx, Duration::from_millis(50));
+        static SIGNALLED: OnceLock<tokio::time::Instant> = OnceLock::new();
+        let mut t = Tunnel::signalled_at(Kind::WebSocket, rx, Duration::from_millis(50), &SIGNALLED);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(!t.poll_due(&mut cx));
@@ -326,6 +379,7 @@ mod tests {
         assert!(t.poll_due(&mut cx));
         assert_eq!(t.state, State::Due);
         assert!(t.passes_writes(), "the frame being written is finished first");
+        assert_eq!(t.write_limit(), Some(half.len() - 4), "but nothing after it");
         let mut out: Vec<u8> = Vec::new();
         assert_eq!(poll_close(&mut t, &mut out, &mut cx), Poll::Pending);
         t.written(&half[4..]);
@@ -338,7 +392,8 @@ mod tests {
     #[tokio::test]
     async fn other_tunnels_close_without_a_frame() {
         let (_tx, rx) = tokio::sync::watch::channel(true);
-        let mut t = Tunnel::new(Kind::Other, rx, Duration::ZERO);
+        static SIGNALLED: OnceLock<tokio::time::Instant> = OnceLock::new();
+        let mut t = Tunnel::signalled_at(Kind::Other, rx, Duration::ZERO, &SIGNALLED);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         // Due once the runtime's timer has seen its (zero) time pass.
