@@ -340,3 +340,56 @@ fn hawser_stopping_closes_open_websockets_with_going_away() {
     assert!(took >= Duration::from_millis(1400), "closed {took:?} after the signal, before tunnel_shutdown_timeout");
     assert!(took < Duration::from_millis(5000), "closed {took:?} after the signal: pingora's grace period (6 s), not hawser, ended it");
 }
+
+/// The same across a zero-downtime upgrade (`hawser -u`, then SIGQUIT to the old process): the
+/// old process's WebSocket gets 1001 `tunnel_shutdown_timeout` after the old process begins
+/// its shutdown (pingora: 5 s after SIGQUIT), and a client that reconnects is served by the
+/// new process on the same address.
+#[test]
+fn a_handover_closes_the_old_processs_websockets_with_going_away() {
+    let python = python_with(&["websockets"]);
+    let env = TestEnv::new("websocket_handover");
+    const HOST: &str = "ws-up.test";
+    let backend = env.run(ContainerSpec::new("a").hawser("enable", "true").hawser("host", HOST).hawser("service", "up"));
+    let sock = tmp_dir().join(format!("{}-upgrade.sock", env.id));
+    let _ = std::fs::remove_file(&sock);
+    let config = format!(
+        "{}clients:\n  tunnel_shutdown_timeout: 1500ms\npingora:\n  upgrade_sock: \"{}\"\n  grace_period_seconds: 4\n  graceful_shutdown_timeout_seconds: 2\n",
+        env.default_config(),
+        sock.display()
+    );
+    let mut old = env.hawser(&config);
+    env.wait_routed(&old, HOST, "/", &backend, SECS_10);
+    let mut ws = Driver::start(&python, &old, HOST);
+    assert_eq!(ws.open("w", &old), backend.name);
+
+    let log_path = tmp_dir().join(format!("{}-new.log", env.id));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_hawser"))
+        .args(["-u", "-c"])
+        .arg(&old.config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until("the new process to wait on the upgrade socket", SECS_10, || sock.exists().then_some(()));
+    let handed = Instant::now();
+    old.signal(SIGQUIT);
+    ws.echo("w", "after-the-handover", &old);
+    let end = ws.ask("wait_end w 10", Duration::from_secs(15), &old);
+    let took = handed.elapsed();
+    // A reconnecting client reaches the new process.
+    assert_eq!(ws.open("again", &old), backend.name, "new process log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    ws.echo("again", "to-the-new-one", &old);
+    let status = old.wait_exit(SECS_10);
+    let _ = new.kill();
+    let _ = new.wait();
+    eprintln!("{end} after {took:?}");
+    assert!(end.starts_with("ended w received=1001 "), "{end}\nold process log:\n{}", old.log());
+    // pingora keeps the old process accepting for 5 s after SIGQUIT (CLOSE_TIMEOUT) before it
+    // signals the shutdown; the tunnel's 1.5 s run from that signal.
+    assert!(took >= Duration::from_millis(6400) && took < Duration::from_millis(9000), "closed {took:?} after SIGQUIT");
+    assert!(status.is_some_and(|s| s.success()), "old process: {status:?}\n{}", old.log());
+}
