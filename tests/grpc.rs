@@ -319,3 +319,50 @@ fn grpc_over_tls_on_both_sides() {
     let r = h.get("grpcs.test", "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, backend.name.as_str()), "{r:?}");
 }
+
+/// hawser stopping (SIGTERM) with a gRPC server stream open over HTTP/2: the client gets a
+/// GOAWAY at once (no new streams on this connection), and the open stream runs to its end
+/// within the grace period, trailers included. nghttp (nghttp2) shows the frames.
+#[test]
+fn stopping_sends_goaway_and_lets_open_streams_finish() {
+    let env = TestEnv::new("grpc-goaway");
+    let _backend = grpc_backend(&env, "s");
+    let mut h = env.hawser(&env.default_config());
+    h.wait_backends_ready(SERVICE, 1, SECS_10);
+    let body = tmp_dir().join(format!("grpc-goaway-{}.bin", std::process::id()));
+    // Six messages 400 ms apart: about 2 s, within the 5 s grace period.
+    let msg = b"6,400";
+    let mut framed = vec![0u8, 0, 0, 0, msg.len() as u8];
+    framed.extend_from_slice(msg);
+    std::fs::write(&body, &framed).unwrap();
+    let client = Command::new("nghttp")
+        .args(["-v", "-n", "-d"])
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "-H", &format!(":authority: {HOST}")])
+        .arg(format!("http://{}/hawser.test.Echo/ServerStream", h.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nghttp (Debian's nghttp2-client; .ci/run installs it)");
+    // Once the answer has started: the backend's first message is out at once.
+    wait_until("the stream to be answered", SECS_10, || {
+        let r = admin_request(h.admin, "GET", "/metrics", None).ok()?;
+        (metric(&r.body, &format!("hawser_active_requests{{service=\"{SERVICE}\"}}")).unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    h.signal(SIGTERM);
+    let out = client.wait_with_output().unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_file(&body);
+    assert!(out.status.success(), "nghttp: {}\n{frames}\n{}", String::from_utf8_lossy(&out.stderr), h.log());
+    assert!(frames.contains("recv GOAWAY frame"), "no GOAWAY:\n{frames}");
+    // The whole stream: six messages (5-byte prefix + 1 byte each) and status 0 in the trailers.
+    let data: usize = frames
+        .lines()
+        .filter(|l| l.contains("recv DATA frame"))
+        .filter_map(|l| l.split("length=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(data, 6 * 6, "DATA bytes of the stream:\n{frames}");
+    assert!(frames.contains("grpc-status: 0"), "the stream's trailers are missing:\n{frames}");
+    let status = h.wait_exit(SECS_10).expect("hawser exits within its grace period");
+    assert!(status.success(), "{status:?}");
+}
