@@ -137,28 +137,7 @@ declare -A PID=() # proxy -> pid of the process this script started
 LOAD_PID=""
 
 cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [[ -n "$LOAD_PID" ]] && stop_pid "$LOAD_PID" TERM 2
-    local workers="" w f
-    # nginx's workers are the master's children; remember them in case the master must be killed.
-    [[ -n "${PID[nginx]:-}" ]] && workers=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null)
-    # SIGINT: pingora's fast shutdown; nginx stops at once on TERM.
-    [[ -n "${PID[hawser]:-}" ]] && stop_pid "${PID[hawser]}" INT 10
-    [[ -n "${PID[nginx]:-}" ]] && stop_pid "${PID[nginx]}" TERM 5
-    for w in $workers; do kill -0 "$w" 2>/dev/null && kill -KILL "$w" 2>/dev/null; done
-    bench_remove_docker
-    if ((rc == 1)) && [[ -n "$TMP" ]]; then
-        for f in "$TMP"/hawser.log "$TMP"/nginx/error.log; do
-            [[ -s "$f" ]] || continue
-            echo "--- last 20 lines of ${f#"$TMP"/} (backtrace frames left out):" >&2
-            grep -vE '^ +([0-9]+: | *at )' "$f" | tail -n 20 >&2
-        done
-    fi
-    [[ -n "$TMP" ]] && rm -rf "$TMP"
-    note "total runtime $(secs_since "$T_START") s, exit code $rc"
-    exit "$rc"
+    bench_cleanup_hawser_nginx $?
 }
 bench_traps
 

@@ -331,3 +331,32 @@ machine_facts() {
     echo "kernel: $(uname -srm)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# The cleanup of a bench that runs hawser and nginx side by side (tls-vs-nginx, grpc-vs-nginx),
+# for its EXIT/INT/TERM trap: stops the load, both proxies (nginx's workers too) and the
+# containers, shows the proxies' last log lines after a failure, removes $TMP, and exits with
+# the status the trap saw. Uses the caller's LOAD_PID, PID[hawser], PID[nginx] and TMP.
+bench_cleanup_hawser_nginx() {
+    local rc=$1
+    set +e
+    trap - EXIT INT TERM
+    [[ -n "$LOAD_PID" ]] && stop_pid "$LOAD_PID" TERM 2
+    local workers="" w f
+    # nginx's workers are the master's children; remember them in case the master must be killed.
+    [[ -n "${PID[nginx]:-}" ]] && workers=$(ps -o pid= --ppid "${PID[nginx]}" 2>/dev/null)
+    # SIGINT: pingora's fast shutdown; nginx stops at once on TERM.
+    [[ -n "${PID[hawser]:-}" ]] && stop_pid "${PID[hawser]}" INT 10
+    [[ -n "${PID[nginx]:-}" ]] && stop_pid "${PID[nginx]}" TERM 5
+    for w in $workers; do kill -0 "$w" 2>/dev/null && kill -KILL "$w" 2>/dev/null; done
+    bench_remove_docker
+    if ((rc == 1)) && [[ -n "$TMP" ]]; then
+        for f in "$TMP"/hawser.log "$TMP"/nginx/error.log; do
+            [[ -s "$f" ]] || continue
+            echo "--- last 20 lines of ${f#"$TMP"/} (backtrace frames left out):" >&2
+            grep -vE '^ +([0-9]+: | *at )' "$f" | tail -n 20 >&2
+        done
+    fi
+    [[ -n "$TMP" ]] && rm -rf "$TMP"
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
