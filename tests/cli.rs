@@ -137,16 +137,7 @@ fn zero_downtime_upgrade_hands_over_without_a_failed_request() {
 
     // The new binary takes the listening sockets over (same file, -u), then the old one quits.
     let log_path = tmp_dir().join(format!("{}-new.log", env.id));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut new = Command::new(env!("CARGO_BIN_EXE_hawser"))
-        .args(["-u", "-c"])
-        .arg(&old.config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut new = spawn_upgrade(&old.config_path, &log_path);
     wait_until("the new process to wait on the upgrade socket", SECS_10, || sock.exists().then_some(()));
     old.signal(SIGQUIT);
     let status = old.wait_exit(Duration::from_secs(20)).expect("the old process must exit after SIGQUIT");

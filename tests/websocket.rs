@@ -33,23 +33,24 @@ const HOST: &str = "ws.test";
 const SERVICE: &str = "echo";
 const MESSAGES: usize = 10_000;
 
-/// The Python client, its stdout read line by line on a thread of its own.
-struct Client {
+/// `tests/support/websocket.py` in one of its modes, its stdout read line by line on a thread
+/// of its own; killed when dropped.
+struct Script {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
 }
 
-impl Client {
-    fn start(python: &std::path::Path, h: &Hawser) -> Client {
+impl Script {
+    fn start(python: &std::path::Path, args: &[&str]) -> Script {
         let mut child = Command::new(python)
             .arg(script("websocket.py"))
-            .args(["client", &h.addr.to_string(), HOST, &MESSAGES.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start the websocket client");
+            .unwrap_or_else(|e| panic!("start websocket.py {args:?}: {e}"));
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
@@ -58,33 +59,45 @@ impl Client {
                 let _ = tx.send(line);
             }
         });
-        Client { child, stdin, lines }
+        Script { child, stdin, lines }
     }
 
-    /// The client's next line; a failure (with hawser's log) if it printed none in `limit`.
-    fn line(&mut self, limit: Duration, h: &Hawser) -> String {
+    /// The script's next line; a failure (with hawser's log) if it printed none in `limit`,
+    /// saying what it was `waiting` for.
+    fn line(&mut self, limit: Duration, h: &Hawser, waiting: &str) -> String {
         match self.lines.recv_timeout(limit) {
             Ok(line) => line,
             Err(_) => {
                 let status = self.child.try_wait().ok().flatten();
-                panic!("the websocket client printed nothing more (exit: {status:?}; its stderr is above)\nhawser log:\n{}", h.log())
+                panic!("websocket.py: no {waiting} within {limit:?} (exit: {status:?}; its stderr is above)\nhawser log:\n{}", h.log())
             }
         }
     }
 }
 
-impl Drop for Client {
+impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// The checking client (`websocket.py client`).
+struct Client(Script);
+
+impl Client {
+    fn start(python: &std::path::Path, h: &Hawser) -> Client {
+        Client(Script::start(python, &["client", &h.addr.to_string(), HOST, &MESSAGES.to_string()]))
+    }
+
+    fn line(&mut self, limit: Duration, h: &Hawser) -> String {
+        self.0.line(limit, h, "line from the client")
+    }
+}
+
 /// `hawser_websocket_connections` of [`SERVICE`].
 fn websockets(h: &Hawser) -> Option<f64> {
-    let r = admin_request(h.admin, "GET", "/metrics", None).expect("GET /metrics");
-    assert_eq!(r.status, 200, "{}", r.body);
-    metric(&r.body, &format!("hawser_websocket_connections{{service=\"{SERVICE}\"}}"))
+    gauge(h, SERVICE)
 }
 
 #[test]
@@ -115,9 +128,9 @@ fn a_real_client_echoes_through_hawser_and_closes_cleanly() {
     // may take a moment to leave the gauge.
     wait_until("the gauge to show the one open WebSocket", SECS_5, || (websockets(&h) == Some(1.0)).then_some(()));
 
-    writeln!(client.stdin, "close").expect("tell the client to close");
+    writeln!(client.0.stdin, "close").expect("tell the client to close");
     assert_eq!(client.line(SECS_10, &h), "closed 1000 bye", "the server's close frame, as the client saw it");
-    let status = client.child.wait().expect("wait for the client");
+    let status = client.0.child.wait().expect("wait for the client");
     assert!(status.success(), "the websocket client failed: {status}");
 
     wait_until("the gauge back to 0 after the close", SECS_5, || (websockets(&h) == Some(0.0)).then_some(()));
@@ -125,44 +138,19 @@ fn a_real_client_echoes_through_hawser_and_closes_cleanly() {
     assert_eq!(metric(&r.body, &format!("hawser_active_requests{{service=\"{SERVICE}\"}}")), Some(0.0), "{}", r.body);
 }
 
-/// `websocket.py drive`: one command line in, one answer line out (see that script).
-struct Driver {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
+/// Many WebSockets driven by `websocket.py drive`: one command line in, one answer line out
+/// (see that script).
+struct Driver(Script);
 
 impl Driver {
     fn start(python: &std::path::Path, h: &Hawser, host: &str) -> Driver {
-        let mut child = Command::new(python)
-            .arg(script("websocket.py"))
-            .args(["drive", &h.addr.to_string(), host])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the websocket driver");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Driver { child, stdin, lines }
+        Driver(Script::start(python, &["drive", &h.addr.to_string(), host]))
     }
 
     /// Sends `command`; its answer, waiting at most `limit`.
     fn ask(&mut self, command: &str, limit: Duration, h: &Hawser) -> String {
-        writeln!(self.stdin, "{command}").expect("write to the websocket driver");
-        match self.lines.recv_timeout(limit) {
-            Ok(line) => line,
-            Err(_) => {
-                let status = self.child.try_wait().ok().flatten();
-                panic!("the websocket driver did not answer {command:?} within {limit:?} (exit: {status:?}; its stderr is above)\nhawser log:\n{}", h.log())
-            }
-        }
+        writeln!(self.0.stdin, "{command}").expect("write to the websocket driver");
+        self.0.line(limit, h, &format!("answer to {command:?}"))
     }
 
     /// Opens WebSocket `id`; the replica that answered its upgrade.
@@ -181,13 +169,6 @@ impl Driver {
     fn close(&mut self, id: &str, h: &Hawser) {
         let line = self.ask(&format!("close {id}"), SECS_10, h);
         assert_eq!(line, format!("closed {id}"));
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -364,16 +345,7 @@ fn a_handover_closes_the_old_processs_websockets_with_going_away() {
     assert_eq!(ws.open("w", &old), backend.name);
 
     let log_path = tmp_dir().join(format!("{}-new.log", env.id));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut new = Command::new(env!("CARGO_BIN_EXE_hawser"))
-        .args(["-u", "-c"])
-        .arg(&old.config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut new = spawn_upgrade(&old.config_path, &log_path);
     wait_until("the new process to wait on the upgrade socket", SECS_10, || sock.exists().then_some(()));
     let handed = Instant::now();
     old.signal(SIGQUIT);

@@ -1547,6 +1547,21 @@ pub fn build_image(tag: &str, context: &Path, dockerfile: &str) {
     ]);
 }
 
+/// Starts a new hawser with `-u -c CONFIG` (it takes the listening sockets over from the one
+/// running on `config`, waiting on its `pingora.upgrade_sock`), logging at info to `log`.
+pub fn spawn_upgrade(config: &Path, log: &Path) -> std::process::Child {
+    let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    Command::new(env!("CARGO_BIN_EXE_hawser"))
+        .args(["-u", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("clone the log file"))
+        .stderr(file)
+        .spawn()
+        .expect("start hawser -u")
+}
+
 /// One request to hawser's admin API at `admin` (e.g. [`Hawser::admin`]): `method` `path`,
 /// with `Authorization: Bearer <token>` when `token` is given, `Connection: close`, and the
 /// address as `Host` (as curl sends it; the admin API refuses foreign hosts without a token).
