@@ -207,21 +207,7 @@ KEEPALIVE=$((CONNECTIONS * STREAMS))
 NGX="$TMP/nginx"
 mkdir -p "$NGX"
 {
-    echo "worker_processes $WORKERS;"
-    echo "pid $NGX/nginx.pid;"
-    echo "error_log $NGX/error.log warn;"
-    echo "events { worker_connections 4096; }"
-    echo "http {"
-    echo "    access_log off;"
-    # Since nginx 1.19.7 this also bounds the requests of an HTTP/2 client connection (it was
-    # http2_max_requests, 1000): h2load does not reconnect, and would stop after 1000 x -c.
-    echo "    keepalive_requests 1000000;"
-    for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $NGX/$d;"; done
-    echo "    upstream grpc {"
-    for ip in "${IPS[@]}"; do echo "        server $ip:80;"; done
-    echo "        keepalive $KEEPALIVE;"
-    echo "        keepalive_requests 1000000;"
-    echo "    }"
+    bench_nginx_conf_head "$NGX" "$WORKERS" grpc "$KEEPALIVE"
     echo "    server {"
     # `http2 on;` replaced the listen parameter in nginx 1.25.1.
     if version_at_least 1.25.1; then

@@ -360,3 +360,25 @@ bench_cleanup_hawser_nginx() {
     note "total runtime $(secs_since "$T_START") s, exit code $rc"
     exit "$rc"
 }
+
+# The start of an nginx.conf for a bench, up to and including the upstream block: WORKERS
+# worker processes, files under NGX, no access log, keep-alive without a request limit both
+# ways (since nginx 1.19.7 keepalive_requests also bounds an HTTP/2 client connection, which
+# h2load never reopens), and an upstream NAME of the caller's IPS (port 80) with KEEPALIVE
+# idle connections. The caller writes the server blocks and the closing brace.
+bench_nginx_conf_head() { # NGX WORKERS NAME KEEPALIVE
+    local ngx=$1 workers=$2 name=$3 keepalive=$4 d ip
+    echo "worker_processes $workers;"
+    echo "pid $ngx/nginx.pid;"
+    echo "error_log $ngx/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "    access_log off;"
+    echo "    keepalive_requests 1000000;"
+    for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $ngx/$d;"; done
+    echo "    upstream $name {"
+    for ip in "${IPS[@]}"; do echo "        server $ip:80;"; done
+    echo "        keepalive $keepalive;"
+    echo "        keepalive_requests 1000000;"
+    echo "    }"
+}

@@ -211,19 +211,7 @@ EOF
 NGX="$TMP/nginx"
 mkdir -p "$NGX"
 {
-    echo "worker_processes $WORKERS;"
-    echo "pid $NGX/nginx.pid;"
-    echo "error_log $NGX/error.log warn;"
-    echo "events { worker_connections 4096; }"
-    echo "http {"
-    echo "    access_log off;"
-    echo "    keepalive_requests 1000000;"
-    for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $NGX/$d;"; done
-    echo "    upstream app {"
-    for ip in "${IPS[@]}"; do echo "        server $ip:80;"; done
-    echo "        keepalive 64;"
-    echo "        keepalive_requests 1000000;"
-    echo "    }"
+    bench_nginx_conf_head "$NGX" "$WORKERS" app 64
     echo "    server {"
     echo "        listen 127.0.0.1:${PORT[nginx]};"
     ((H2)) && echo "        listen 127.0.0.1:${H2PORT[nginx]} http2;"

@@ -208,14 +208,7 @@ ngx_proxy() {
     echo "        }"
 }
 {
-    echo "worker_processes $WORKERS;"
-    echo "pid $NGX/nginx.pid;"
-    echo "error_log $NGX/error.log warn;"
-    echo "events { worker_connections 4096; }"
-    echo "http {"
-    echo "    access_log off;"
-    echo "    keepalive_requests 1000000;"
-    for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $NGX/$d;"; done
+    bench_nginx_conf_head "$NGX" "$WORKERS" app 64
     echo "    ssl_protocols TLSv1.2 TLSv1.3;"
     echo "    ssl_certificate $CERT;"
     echo "    ssl_certificate_key $KEY;"
@@ -225,11 +218,6 @@ ngx_proxy() {
     else
         echo "    log_format probe '\$ssl_protocol \$ssl_session_reused \$status \$ssl_server_name \$ssl_cipher';"
     fi
-    echo "    upstream app {"
-    for ip in "${IPS[@]}"; do echo "        server $ip:80;"; done
-    echo "        keepalive 64;"
-    echo "        keepalive_requests 1000000;"
-    echo "    }"
     echo "    server {"
     # `http2 on;` replaced the listen parameter in nginx 1.25.1.
     if version_at_least 1.25.1; then
