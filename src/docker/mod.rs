@@ -9,6 +9,8 @@
 //! - `/events?since=T` replays events after T, so a reconnect loses nothing between the
 //!   resync list and the live stream; handling is idempotent, so replays are harmless.
 
+pub mod swarm;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;

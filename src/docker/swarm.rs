@@ -1,0 +1,349 @@
+//! Docker Swarm, read from a manager's `/services`, `/tasks` and `/nodes`: each task a backend
+//! candidate, as the catalog already understands containers ([`Container`]), so that verdicts,
+//! reasons, routes, health checks and drains are the same for both.
+//!
+//! The Engine API objects are decoded here rather than through bollard: bollard 0.21's `Task`
+//! has no `NetworksAttachments` (the task's IPs on its networks), which a 20.10 manager sends
+//! (see ../shared/SWARM-NOTES.md). Only the fields hawser reads are declared; the rest is
+//! ignored, and an absent field is its empty value.
+//!
+//! Invariants of [`tasks_as_containers`]:
+//! - One [`Container`] per task whose desired state is `running`, or that is still running
+//!   while its desired state went past it: the latter is *draining*. The manager sets a task's
+//!   desired state to `shutdown` before the node takes it out of the VIP, waits 2 s and stops
+//!   the container, so a task leaves rotation before its SIGTERM when the manager is read
+//!   often enough. Older tasks (history) and tasks never started are left out.
+//! - A task is `running` for the catalog only when its own state is `running` and its node is
+//!   `ready`; a task on a node that is down is not, whatever it last said.
+//! - Its name is `SERVICE.SLOT` (replicated) or `SERVICE.NODE` (global), as `docker service ps`
+//!   writes it; its labels are the service's (`deploy.labels`), over the container spec's.
+//! - Addresses: the task's IPs on its networks (CIDR prefix dropped), by network name; its
+//!   published ports in `mode: host` at its node's address. Nothing is guessed: a task with
+//!   neither has none, and the catalog says why it is not routed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::{Container, Departure, DockerHealth, PublishedPort, RunState, signal_number};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Service {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub task_template: TaskTemplate,
+    pub endpoint_spec: EndpointSpec,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskTemplate {
+    pub container_spec: ContainerSpec,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Nanoseconds.
+    pub stop_grace_period: Option<i64>,
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSpec {
+    pub mode: Option<String>,
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortConfig {
+    pub protocol: Option<String>,
+    pub target_port: u16,
+    pub published_port: Option<u16>,
+    pub publish_mode: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Task {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub slot: Option<u64>,
+    pub created_at: String,
+    pub desired_state: String,
+    pub status: TaskStatus,
+    pub networks_attachments: Vec<NetworkAttachment>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskStatus {
+    pub state: String,
+    pub port_status: PortStatus,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortStatus {
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkAttachment {
+    pub network: AttachedNetwork,
+    /// CIDR strings, e.g. `10.0.1.5/24`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AttachedNetwork {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub spec: NetworkSpec,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkSpec {
+    pub name: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub status: NodeStatus,
+    pub manager_status: Option<ManagerStatus>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeStatus {
+    pub state: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ManagerStatus {
+    /// `IP:PORT` of the manager's cluster endpoint.
+    pub addr: String,
+}
+
+impl Node {
+    /// The node's address: `Status.Addr`, or for a manager that reports `0.0.0.0` there (a
+    /// known engine quirk), the host of `ManagerStatus.Addr`.
+    pub fn address(&self) -> Option<IpAddr> {
+        let status = self.status.addr.parse::<IpAddr>().ok().filter(|a| !a.is_unspecified());
+        status.or_else(|| {
+            let m = self.manager_status.as_ref()?;
+            let host = m.addr.rsplit_once(':').map_or(m.addr.as_str(), |(h, _)| h);
+            host.trim_matches(['[', ']']).parse::<IpAddr>().ok().filter(|a| !a.is_unspecified())
+        })
+    }
+}
+
+/// What a manager said, listed at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub tasks: Vec<Task>,
+    pub nodes: Vec<Node>,
+}
+
+impl Snapshot {
+    /// Decodes the three lists (`GET /services`, `/tasks`, `/nodes`) as the engine sends them.
+    pub fn from_json(services: &[u8], tasks: &[u8], nodes: &[u8]) -> Result<Snapshot, String> {
+        let decode = |what: &str, bytes: &[u8]| -> Result<serde_json::Value, String> {
+            serde_json::from_slice(bytes).map_err(|e| format!("cannot decode the manager's {what}: {e}"))
+        };
+        let list = |what: &str, bytes: &[u8]| decode(what, bytes);
+        Ok(Snapshot {
+            services: serde_json::from_value(list("services", services)?).map_err(|e| format!("services: {e}"))?,
+            tasks: serde_json::from_value(list("tasks", tasks)?).map_err(|e| format!("tasks: {e}"))?,
+            nodes: serde_json::from_value(list("nodes", nodes)?).map_err(|e| format!("nodes: {e}"))?,
+        })
+    }
+}
+
+/// The tasks of `snapshot` as the catalog's containers (see the module's invariants).
+pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
+    let services: HashMap<&str, &Service> = snapshot.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let nodes: HashMap<&str, &Node> = snapshot.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut out = Vec::new();
+    for task in &snapshot.tasks {
+        let Some(service) = services.get(task.service_id.as_str()) else { continue };
+        let running = task.status.state == "running";
+        let departure = match task.desired_state.as_str() {
+            "running" => Departure::Staying,
+            // Shut down by the manager while it still runs: out of rotation before its SIGTERM.
+            _ if running => Departure::Draining,
+            _ => continue,
+        };
+        let node = nodes.get(task.node_id.as_str());
+        let node_ready = node.is_some_and(|n| n.status.state == "ready");
+        let state = match task.status.state.as_str() {
+            "running" if node_ready => RunState::Running,
+            "running" => RunState::Exited,
+            // new, pending, assigned, accepted, preparing, starting: not up yet.
+            "new" | "pending" | "assigned" | "accepted" | "preparing" | "ready" | "starting" => RunState::Created,
+            _ => RunState::Exited,
+        };
+        let spec = &service.spec;
+        let container = &spec.task_template.container_spec;
+        let mut labels = container.labels.clone();
+        labels.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let name = match task.slot {
+            Some(slot) if slot > 0 => format!("{}.{slot}", spec.name),
+            _ => format!("{}.{}", spec.name, task.node_id),
+        };
+        let networks = task
+            .networks_attachments
+            .iter()
+            .filter(|a| a.network.spec.name != "ingress")
+            .map(|a| {
+                let ip = a.addresses.iter().find_map(|c| c.split('/').next()?.parse::<IpAddr>().ok());
+                (a.network.spec.name.clone(), if state.is_up() { ip } else { None })
+            })
+            .collect();
+        let node_addr = node.and_then(|n| n.address());
+        let published = task
+            .status
+            .port_status
+            .ports
+            .iter()
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "tcp") && p.publish_mode.as_deref() == Some("host"))
+            .filter_map(|p| {
+                Some(PublishedPort { container_port: p.target_port, host_ip: node_addr, host_port: p.published_port.filter(|&n| n > 0)? })
+            })
+            .collect();
+        let mut exposed_tcp: Vec<u16> = spec
+            .endpoint_spec
+            .ports
+            .iter()
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "tcp"))
+            .map(|p| p.target_port)
+            .collect();
+        exposed_tcp.sort_unstable();
+        exposed_tcp.dedup();
+        out.push(Container {
+            id: task.id.clone(),
+            name,
+            image: container.image.clone(),
+            created: created_seconds(&task.created_at),
+            labels,
+            state,
+            departure,
+            // A task whose image has a HEALTHCHECK is `running` only once healthy.
+            health: DockerHealth::None,
+            network_mode: String::new(),
+            networks,
+            exposed_tcp,
+            published,
+            stop_timeout: container.stop_grace_period.and_then(|ns| u64::try_from(ns).ok()).map(Duration::from_nanos),
+            stop_signal: container.stop_signal.as_deref().and_then(signal_number),
+        });
+    }
+    out
+}
+
+/// Seconds since the epoch of an RFC 3339 time as the engine writes it; 0 when it does not
+/// parse (the time only orders competing claims).
+fn created_seconds(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).map_or(0, |t| t.unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICES: &str = r#"[{"ID":"svc1","Spec":{"Name":"web","Labels":{"hawser.enable":"true","hawser.host":"web.test"},
+        "TaskTemplate":{"ContainerSpec":{"Image":"sha256:abc","Labels":{"hawser.port":"8080","hawser.host":"ignored.test"},
+        "StopGracePeriod":5000000000,"StopSignal":"SIGQUIT"}},
+        "EndpointSpec":{"Mode":"dnsrr","Ports":[{"Protocol":"tcp","TargetPort":8080,"PublishedPort":30080,"PublishMode":"host"}]}}}]"#;
+    const NODES: &str = r#"[{"ID":"n1","Status":{"State":"ready","Addr":"0.0.0.0"},"ManagerStatus":{"Addr":"127.0.0.1:2377"}},
+        {"ID":"n2","Status":{"State":"down","Addr":"10.0.0.2"}}]"#;
+
+    fn task(id: &str, slot: u64, node: &str, desired: &str, state: &str) -> String {
+        format!(
+            r#"{{"ID":"{id}","ServiceID":"svc1","NodeID":"{node}","Slot":{slot},"CreatedAt":"2026-12-01T03:00:0{slot}.123456789Z",
+            "DesiredState":"{desired}","Status":{{"State":"{state}","PortStatus":{{"Ports":[{{"Protocol":"tcp","TargetPort":8080,"PublishedPort":30080,"PublishMode":"host"}}]}}}},
+            "NetworksAttachments":[{{"Network":{{"ID":"ov","Spec":{{"Name":"backend"}}}},"Addresses":["10.0.1.{slot}/24"]}},
+            {{"Network":{{"ID":"in","Spec":{{"Name":"ingress"}}}},"Addresses":["10.0.0.{slot}/24"]}}]}}"#
+        )
+    }
+
+    fn containers(tasks: &[String]) -> Vec<Container> {
+        let tasks = format!("[{}]", tasks.join(","));
+        tasks_as_containers(&Snapshot::from_json(SERVICES.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_running_task_is_a_running_container_with_its_addresses() {
+        let c = &containers(&[task("t1", 1, "n1", "running", "running")])[0];
+        assert_eq!(c.name, "web.1");
+        assert_eq!(c.id, "t1");
+        assert_eq!((c.state, c.departure), (RunState::Running, Departure::Staying));
+        assert_eq!(c.labels["hawser.host"], "web.test", "the service's labels win over the container spec's");
+        assert_eq!(c.labels["hawser.port"], "8080");
+        assert_eq!(c.networks.len(), 1, "the ingress network is no address of a task: {:?}", c.networks);
+        assert_eq!(c.networks["backend"], Some("10.0.1.1".parse().unwrap()));
+        assert_eq!(c.published, vec![PublishedPort { container_port: 8080, host_ip: Some("127.0.0.1".parse().unwrap()), host_port: 30080 }]);
+        assert_eq!(c.exposed_tcp, vec![8080]);
+        assert_eq!(c.stop_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(c.stop_signal, Some(3));
+        assert_eq!(c.created, 1_796_094_001);
+    }
+
+    #[test]
+    fn shut_down_tasks_drain_and_history_is_left_out() {
+        let all = containers(&[
+            task("t1", 1, "n1", "shutdown", "running"),
+            task("t2", 2, "n1", "shutdown", "shutdown"),
+            task("t3", 3, "n1", "running", "starting"),
+            task("t4", 4, "n2", "running", "running"),
+            task("t5", 5, "n1", "remove", "running"),
+        ]);
+        let by_id = |id: &str| all.iter().find(|c| c.id == id);
+        assert_eq!(by_id("t1").map(|c| (c.state, c.departure)), Some((RunState::Running, Departure::Draining)));
+        assert!(by_id("t2").is_none(), "a task that was shut down is history");
+        assert_eq!(by_id("t3").map(|c| c.state), Some(RunState::Created));
+        assert_eq!(by_id("t3").unwrap().networks["backend"], None, "no address before it runs");
+        assert_eq!(by_id("t4").map(|c| c.state), Some(RunState::Exited), "its node is down");
+        assert_eq!(by_id("t5").map(|c| c.departure), Some(Departure::Draining));
+    }
+
+    #[test]
+    fn global_tasks_are_named_by_node_and_bad_input_is_an_error() {
+        let global = task("g", 0, "n1", "running", "running").replace(r#""Slot":0,"#, "");
+        assert_eq!(containers(&[global])[0].name, "web.n1");
+        assert!(Snapshot::from_json(b"{", b"[]", b"[]").unwrap_err().contains("services"));
+        assert!(Snapshot::from_json(b"[]", b"[{\"Slot\":\"x\"}]", b"[]").unwrap_err().starts_with("tasks"));
+        // Unknown fields and missing ones are fine: only what hawser reads is declared.
+        let s = Snapshot::from_json(b"[{\"ID\":\"s\",\"Extra\":1}]", b"[]", b"[{}]").unwrap();
+        assert_eq!(s.services[0].id, "s");
+        assert_eq!(s.nodes[0].address(), None);
+    }
+}
