@@ -8,8 +8,9 @@
 //! ignored, and an absent field is its empty value.
 //!
 //! Invariants of [`tasks_as_containers`]:
-//! - One [`Container`] per task whose desired state is `running`, or that is still running
-//!   while its desired state went past it: the latter is *draining*. The manager sets a task's
+//! - One [`Container`] per task whose desired state is `running` (or `ready`: prepared to
+//!   replace a task still stopping), or that is still running while its desired state went
+//!   past it: the latter is *draining*. The manager sets a task's
 //!   desired state to `shutdown` before the node takes it out of the VIP, waits 2 s and stops
 //!   the container, so a task leaves rotation before its SIGTERM when the manager is read
 //!   often enough. Older tasks (history) and tasks never started are left out.
@@ -197,7 +198,8 @@ pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
         let Some(service) = services.get(task.service_id.as_str()) else { continue };
         let running = task.status.state == "running";
         let departure = match task.desired_state.as_str() {
-            "running" => Departure::Staying,
+            // `ready`: prepared to replace a task that is still stopping (update stop-first).
+            "running" | "ready" => Departure::Staying,
             // Shut down by the manager while it still runs: out of rotation before its SIGTERM.
             _ if running => Departure::Draining,
             _ => continue,
@@ -229,16 +231,18 @@ pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
             })
             .collect();
         let node_addr = node.and_then(|n| n.address());
-        let published = task
-            .status
-            .port_status
-            .ports
-            .iter()
-            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "tcp") && p.publish_mode.as_deref() == Some("host"))
-            .filter_map(|p| {
-                Some(PublishedPort { container_port: p.target_port, host_ip: node_addr, host_port: p.published_port.filter(|&n| n > 0)? })
-            })
-            .collect();
+        // A 20.10 engine lists a host-mode port once per address family: kept once.
+        let mut published: Vec<PublishedPort> = Vec::new();
+        for p in &task.status.port_status.ports {
+            if p.protocol.as_deref().is_some_and(|p| p != "tcp") || p.publish_mode.as_deref() != Some("host") {
+                continue;
+            }
+            let Some(host_port) = p.published_port.filter(|&n| n > 0) else { continue };
+            let port = PublishedPort { container_port: p.target_port, host_ip: node_addr, host_port };
+            if !published.contains(&port) {
+                published.push(port);
+            }
+        }
         let mut exposed_tcp: Vec<u16> = spec
             .endpoint_spec
             .ports
@@ -333,6 +337,43 @@ mod tests {
         assert_eq!(by_id("t3").unwrap().networks["backend"], None, "no address before it runs");
         assert_eq!(by_id("t4").map(|c| c.state), Some(RunState::Exited), "its node is down");
         assert_eq!(by_id("t5").map(|c| c.departure), Some(Departure::Draining));
+    }
+
+    /// What a real single-node swarm (Docker 20.10, `docker swarm init --advertise-addr
+    /// 127.0.0.1`) said during `docker service update --force` of a 2-replica dnsrr service
+    /// with a host-mode published port on an attachable overlay: one new task running, one
+    /// ready, one old task shut down and one still running with its desired state `shutdown`.
+    #[test]
+    fn a_real_managers_lists_mid_update() {
+        let snapshot = Snapshot::from_json(
+            include_bytes!("fixtures/services.json"),
+            include_bytes!("fixtures/tasks.json"),
+            include_bytes!("fixtures/nodes.json"),
+        )
+        .unwrap();
+        assert_eq!(snapshot.nodes[0].address(), Some("127.0.0.1".parse().unwrap()));
+        let mut all = tasks_as_containers(&snapshot);
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, &str, RunState, Departure)> =
+            all.iter().map(|c| (&c.id[..4], c.name.as_str(), c.state, c.departure)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("46ib", "capweb.2", RunState::Created, Departure::Staying),
+                ("6a53", "capweb.1", RunState::Running, Departure::Staying),
+                ("whqn", "capweb.2", RunState::Running, Departure::Draining),
+            ],
+            "the shut-down task fg0q is history"
+        );
+        let running = &all[1];
+        assert_eq!(running.published, vec![PublishedPort { container_port: 80, host_ip: Some("127.0.0.1".parse().unwrap()), host_port: 32770 }]);
+        assert_eq!(running.networks["hawser-cap-ov"], Some("10.0.1.5".parse().unwrap()));
+        assert_eq!(running.labels["hawser.host"], "cap.test");
+        assert_eq!(running.labels["hawser.port"], "80", "container-spec labels count where the service sets none");
+        assert_eq!(running.stop_timeout, Some(Duration::from_secs(3)));
+        // The draining task keeps its overlay address; its published port is already gone.
+        assert_eq!(all[2].networks["hawser-cap-ov"], Some("10.0.1.3".parse().unwrap()));
+        assert!(all[2].published.is_empty());
     }
 
     #[test]
