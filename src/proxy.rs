@@ -103,7 +103,7 @@ pub struct RequestCtx {
     /// (and the query as sent), in origin-form. `None`, allocating nothing, when the client's
     /// target was already that.
     upstream_target: Option<String>,
-    /// Set for WebSocket, server-sent events and gRPC: `stream_idle_timeout` applies.
+    /// Set for WebSocket and server-sent events: `stream_idle_timeout` applies.
     long_lived: Option<LongLived>,
     /// A gRPC call's deadline, from its `grpc-timeout`, on a service spoken to in HTTP/2 (see
     /// [`grpc_read_timeout`]).

@@ -119,17 +119,8 @@ impl Tunnel {
         self.kind == Kind::Other || self.scan.at_boundary()
     }
 
-    /// Whether the backend's bytes still pass to the client.
-    pub fn passes_writes(&self) -> bool {
-        match self.state {
-            State::Open => true,
-            State::Due => !self.at_boundary(),
-            _ => false,
-        }
-    }
-
     /// How many of the next bytes may pass: all (`None`) until the close is due, then only up
-    /// to the end of the frame being written.
+    /// to the end of the frame being written; `Some(0)`: none, the backend's bytes are dropped.
     pub fn write_limit(&self) -> Option<usize> {
         match self.state {
             State::Open => None,
@@ -378,12 +369,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(t.poll_due(&mut cx));
         assert_eq!(t.state, State::Due);
-        assert!(t.passes_writes(), "the frame being written is finished first");
-        assert_eq!(t.write_limit(), Some(half.len() - 4), "but nothing after it");
+        assert_eq!(t.write_limit(), Some(half.len() - 4), "the frame being written is finished first, and nothing after it");
         let mut out: Vec<u8> = Vec::new();
         assert_eq!(poll_close(&mut t, &mut out, &mut cx), Poll::Pending);
         t.written(&half[4..]);
-        assert!(!t.passes_writes(), "nothing after the frame that was being written");
+        assert_eq!(t.write_limit(), Some(0), "nothing after the frame that was being written");
         assert_eq!(poll_close(&mut t, &mut out, &mut cx), Poll::Ready(()));
         assert_eq!(out, CLOSE_GOING_AWAY);
         assert_eq!(t.state, State::Closed);
