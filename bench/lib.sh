@@ -382,3 +382,13 @@ bench_nginx_conf_head() { # NGX WORKERS NAME KEEPALIVE
     echo "        keepalive_requests 1000000;"
     echo "    }"
 }
+
+# awk functions for the benches' tables, to put in front of an awk program:
+# sum(s) of a space-separated list of numbers, and its median(s).
+BENCH_AWK_STATS='
+    function sum(s,   a, n, i, t) { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; return t }
+    function median(s,   a, n, i, j, x) {
+        n = split(s, a, " ")
+        for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+'

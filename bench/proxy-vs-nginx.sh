@@ -382,12 +382,7 @@ for px in "${PROXIES[@]}"; do RSS_KB[$px]=$(hwm_kb $(proc_pids "$px")); done
 # Prints "rps p50 p99 cpu_us user_us sys_us" for a key (medians of the per-round latencies).
 aggregate() {
     awk -v reqs="${R_REQS[$1]}" -v secs="${R_SECS[$1]}" -v uticks="${R_UTICKS[$1]}" -v sticks="${R_STICKS[$1]}" \
-        -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v hz="$HZ" '
-    function sum(s,   a, n, i, t) { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; return t }
-    function median(s,   a, n, i, j, x) {
-        n = split(s, a, " ")
-        for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v hz="$HZ" "$BENCH_AWK_STATS"'
     BEGIN {
         r = sum(reqs); s = sum(secs); u = sum(uticks); k = sum(sticks)
         printf "%.1f %.3f %.3f %.2f %.2f %.2f\n", (s ? r / s : 0), median(p50), median(p99),

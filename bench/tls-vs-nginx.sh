@@ -395,12 +395,7 @@ done
 # Prints "per_s p50 p99 user_us sys_us busy_pct failed" for a key.
 aggregate() {
     awk -v reqs="${R_REQS[$1]}" -v secs="${R_SECS[$1]}" -v user="${R_USER[$1]}" -v sys="${R_SYS[$1]}" \
-        -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v bad="${R_BAD[$1]}" -v hz="$HZ" '
-    function sum(s,   a, n, i, t) { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; return t }
-    function median(s,   a, n, i, j, x) {
-        n = split(s, a, " ")
-        for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        -v p50="${R_P50[$1]}" -v p99="${R_P99[$1]}" -v bad="${R_BAD[$1]}" -v hz="$HZ" "$BENCH_AWK_STATS"'
     BEGIN {
         r = sum(reqs); s = sum(secs); u = sum(user); y = sum(sys)
         printf "%.1f %.3f %.3f %.2f %.2f %.1f %d\n", (s ? r / s : 0), median(p50), median(p99),
