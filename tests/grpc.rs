@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::grpc::grpc_backend_image;
-use common::python::{python_with, script};
+use common::python::run_script;
 use common::tls::TestCa;
 use common::*;
 
@@ -26,20 +26,7 @@ const SERVICE: &str = "grpc";
 
 /// `grpc_calls.py CMD ADDR AUTHORITY [ARGS…]`: its JSON, parsed.
 fn calls(cmd: &str, addr: &str, authority: &str, args: &[&str]) -> serde_json::Value {
-    let python = python_with(&["grpc"]);
-    let out = Command::new(&python)
-        .arg(script("grpc_calls.py"))
-        .args([cmd, addr, authority])
-        .args(args)
-        .output()
-        .expect("run grpc_calls.py");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "grpc_calls.py {cmd} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_script("grpc_calls.py", &[&[cmd, addr, authority], args].concat());
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("grpc_calls.py printed {stdout:?}: {e}"))
 }
 
@@ -197,15 +184,8 @@ fn calls_stats(direct: &str) -> u64 {
 /// The backend's counts of cancelled calls and of connections that carried calls, asked
 /// directly (the asking connection counts too).
 fn backend_stats(direct: &str) -> (u64, u64) {
-    let python = python_with(&["grpc"]);
-    let code = r#"
-import sys, grpc
-with grpc.insecure_channel(sys.argv[1]) as ch:
-    stats = ch.unary_unary("/hawser.test.Echo/Stats", request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    print(stats(b"", timeout=5).decode())
-"#;
-    let out = Command::new(&python).args(["-c", code, direct]).output().expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = calls("method", direct, HOST, &["Stats", ""]);
+    let text = out["value"].as_str().unwrap_or_default();
     let field = |name: &str| {
         text.split_whitespace().find_map(|f| f.strip_prefix(name)).and_then(|n| n.parse().ok()).unwrap_or(0)
     };
@@ -214,15 +194,8 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
 
 /// `SetHealth` on the backend itself (not through hawser, which may have no ready backend).
 fn set_health(direct: &str, status: &str) {
-    let python = python_with(&["grpc"]);
-    let code = r#"
-import sys, grpc
-with grpc.insecure_channel(sys.argv[1]) as ch:
-    set_health = ch.unary_unary("/hawser.test.Echo/SetHealth", request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    set_health(sys.argv[2].encode(), timeout=5)
-"#;
-    let out = Command::new(&python).args(["-c", code, direct, status]).output().expect("run python");
-    assert!(out.status.success(), "SetHealth {status}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = calls("method", direct, HOST, &["SetHealth", status]);
+    assert_eq!(out["code"], "OK", "SetHealth {status}: {out}");
 }
 
 #[test]

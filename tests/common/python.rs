@@ -95,17 +95,29 @@ fn first_line(out: ChildStdout) -> Option<String> {
 /// Runs `script` (Python source) with `args` in the virtualenv's python, which must import
 /// `grpc`; panics with its stderr if it cannot start or exits non-zero.
 pub fn run_python(script: &str, args: &[&str]) -> String {
+    run_grpc_python(&[&["-c", script], args].concat())
+}
+
+/// Runs the script `name` of `tests/support/` with `args`, as [`run_python`] does.
+pub fn run_script(name: &str, args: &[&str]) -> String {
+    let path = script(name);
+    let path = path.to_str().expect("a UTF-8 path");
+    run_grpc_python(&[&[path], args].concat())
+}
+
+/// `python ARGS…` in the virtualenv, which must import `grpc`: its stdout, or a panic with its
+/// stdout and stderr if it cannot start or exits non-zero.
+fn run_grpc_python(args: &[&str]) -> String {
     let python = python_with(&["grpc"]);
     let out = Command::new(&python)
-        .arg("-c")
-        .arg(script)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "python script failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        "python {:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        args.get(1..).unwrap_or_default(),
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -6,6 +6,7 @@ saw as one JSON object.
     grpc_calls.py deadline ADDR AUTHORITY   calls with deadlines
     grpc_calls.py cancel ADDR AUTHORITY     a slow call, cancelled by the client after 300 ms
     grpc_calls.py unary ADDR AUTHORITY MSG  one unary call: {"code", "value" | "details"}
+    grpc_calls.py method ADDR AUTHORITY NAME MSG   the same to /hawser.test.Echo/NAME
     grpc_calls.py tls_unary ADDR AUTHORITY MSG CA_PEM   the same over TLS (h2), trusting CA_PEM
 """
 import json
@@ -126,6 +127,9 @@ def main():
             call = m["unary"].future(b"sleep:3000")
             time.sleep(0.3)
             out = {"cancelled": call.cancel()}
+        elif cmd == "method":
+            method = ch.unary_unary("/hawser.test.Echo/" + sys.argv[4], request_serializer=ident, response_deserializer=ident)
+            out = outcome(lambda: method(sys.argv[5].encode(), timeout=10))
         elif cmd in ("unary", "tls_unary"):
             out = outcome(lambda: m["unary"](sys.argv[4].encode(), timeout=10))
         else:
