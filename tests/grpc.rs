@@ -80,13 +80,16 @@ fn every_kind_of_call_passes_through_to_an_h2c_backend() {
     // The backend's status and message (trailers) reach the client unchanged.
     assert_eq!(out["backend_status"]["code"], "NOT_FOUND", "{out}");
     assert_eq!(out["backend_status"]["details"], "not here, é");
-    assert_eq!(out["concurrent_ok"], 300, "{out}\nhawser log:\n{}", log());
-    // Calls share HTTP/2 connections to the backends (h2_streams_per_connection, 100): 32 at
-    // once over 2 backends, where one call per connection would have needed about 16 each.
+    assert_eq!(out["concurrent_ok"], 600, "{out}\nhawser log:\n{}", log());
+    // Calls share HTTP/2 connections to the backends (h2_streams_per_connection, 100): 64 at
+    // once over 2 backends, where one call per connection needs about 32 each. A few more than
+    // one connection is normal: pingora's connector takes a connection out of its pool while it
+    // opens a stream on it, so calls arriving in that instant open their own (seen: up to 8 on
+    // a loaded 2-core machine with 32 at once).
     for backend in [&a, &b] {
         let (_, connections) = backend_stats(&format!("{}:80", backend.ip_default()));
         eprintln!("{}: {connections} connections carried calls (one of them this question)", backend.name);
-        assert!(connections <= 5, "{}: {connections} connections for 300 calls, 32 at a time", backend.name);
+        assert!(connections <= 16, "{}: {connections} connections for 600 calls, 64 at a time", backend.name);
     }
 
     // A WebSocket upgrade cannot cross HTTP/2 (no extended CONNECT in pingora): the backend

@@ -97,8 +97,8 @@ def kinds(m):
     # A status and message of the backend's reach the client as the backend sent them.
     out["backend_status"] = outcome(lambda: m["unary"]("status:5:not here, é".encode(), timeout=10))
     # Many calls at once share few connections (multiplexed).
-    with futures.ThreadPoolExecutor(max_workers=32) as pool:
-        calls = [pool.submit(lambda i=i: m["unary"](b"c%d" % i, timeout=20) == b"c%d" % i) for i in range(300)]
+    with futures.ThreadPoolExecutor(max_workers=64) as pool:
+        calls = [pool.submit(lambda i=i: m["unary"](b"c%d" % i, timeout=20) == b"c%d" % i) for i in range(600)]
         out["concurrent_ok"] = sum(1 for c in calls if c.result())
     return out
 
