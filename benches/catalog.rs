@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hawser::catalog::routes::{HostPattern, RouteKey, RouteTable};
 use hawser::edge::{host::parse_host, path::normalize};
-use hawser::catalog::{Catalog, Container, Departure, DockerHealth, Environment, RunState};
+use hawser::catalog::{Catalog, Container, Departure, DockerHealth, Environment, Origin, RunState};
 use hawser::config::Config;
 use hawser::runtime::{Cause, Runtime};
 
@@ -49,6 +49,7 @@ fn container(i: usize) -> Container {
         published: Vec::new(),
         stop_timeout: None,
         stop_signal: None,
+        origin: Origin::Container,
     }
 }
 

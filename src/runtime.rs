@@ -746,12 +746,17 @@ fn probe_targets_of(plan: &ServicePlan) -> HashMap<ProbeKey, ProbeTarget> {
 /// Each backend carries its [`BackendLive`] so that the proxy finds it in the selection.
 fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    for b in backends {
+    let states: Vec<BackendState> = backends.iter().map(|b| backend_state(b, st)).collect();
+    // A leaving backend that still passes its probe is the fallback of a service with no
+    // ready backend (Gate::Leaving).
+    let any_ready = states.contains(&BackendState::Ready);
+    for (b, state) in backends.iter().zip(states) {
         let mut backend = Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr), weight: b.weight, ext: Default::default() };
         if let Some(l) = st.live.get(&(b.container_id.clone(), b.addr)) {
             backend.ext.insert(Arc::clone(l));
         }
-        snapshot.enabled.insert(backend_key(&backend), backend_state(b, st) == BackendState::Ready);
+        let fallback = !any_ready && b.gate == Some(Gate::Leaving) && serves_if_asked(b, st);
+        snapshot.enabled.insert(backend_key(&backend), state == BackendState::Ready || fallback);
         snapshot.backends.insert(backend);
     }
     snapshot
@@ -761,7 +766,7 @@ fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
 /// HEALTHCHECK), then a manual drain, then the proxy's ejection, then the active probe.
 fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
     match b.gate {
-        Some(Gate::Draining) => return BackendState::Draining,
+        Some(Gate::Draining | Gate::Leaving) => return BackendState::Draining,
         Some(Gate::Paused | Gate::DockerUnhealthy) => return BackendState::Unhealthy,
         Some(Gate::Restarting | Gate::DockerStarting) => return BackendState::Starting,
         None => {}
@@ -778,6 +783,14 @@ fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
         Some(ProbeStatus::Unhealthy) => BackendState::Unhealthy,
         Some(ProbeStatus::Starting) | None => BackendState::Starting,
     }
+}
+
+/// Whether a backend its gate keeps out would serve: not drained, not ejected, its probe passes.
+fn serves_if_asked(b: &BackendPlan, st: &State) -> bool {
+    let key = (b.container_id.clone(), b.addr);
+    !st.drained.contains(&b.container_id)
+        && !st.live.get(&key).is_some_and(|l| l.is_ejected())
+        && st.probes.get(&key) == Some(&ProbeStatus::Ready)
 }
 
 /// How requests and probes dial the backends of `plan`.
@@ -804,6 +817,7 @@ fn state_reason(state: BackendState, b: &BackendPlan, plan: &ServicePlan, st: &S
         BackendState::Starting => Some(format!("its first health check ({}) has not passed yet{}", check(), why())),
         BackendState::Unhealthy => Some(format!("health check failing ({}){}", check(), why())),
         BackendState::Draining if st.drained.contains(&b.container_id) => Some("drained through the admin API".into()),
+        BackendState::Draining if b.gate == Some(Gate::Leaving) => Some(Gate::Leaving.to_string()),
         BackendState::Draining => Some("draining".into()),
         BackendState::Ejected => Some("ejected after consecutive failures: back when a health check passes".into()),
     }

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::container::Container;
+use super::container::{Container, Origin};
 use crate::config::AddressMode;
 
 /// What the catalog knows about hawser's own place in Docker.
@@ -71,6 +71,50 @@ pub fn own_listener(addr: SocketAddr, listeners: impl IntoIterator<Item = Socket
     })
 }
 
+/// How `c` is reached: its `address` label, else `docker.address`, else by what it is. A plain
+/// container by its IP; a Swarm task, in this order of preference, by its IP on a network it
+/// shares with hawser, then by a port it publishes in mode host. A Swarm service seen through
+/// its VIP is always `vip` (it exists only in that mode).
+pub fn effective_mode(
+    c: &Container,
+    label: Option<AddressMode>,
+    config: Option<AddressMode>,
+    label_network: Option<&str>,
+    env: &Environment,
+    prefix: &str,
+) -> Result<AddressMode, String> {
+    match (c.origin, label.or(config)) {
+        (Origin::ServiceVip, _) => Ok(AddressMode::Vip),
+        (Origin::Container, Some(AddressMode::Vip)) if label.is_some() => {
+            Err(format!("label {prefix}.address=vip applies to Swarm services only; this is a plain container"))
+        }
+        // `docker.address: vip` is the Swarm services' default; plain containers keep theirs.
+        (Origin::Container, Some(AddressMode::Vip) | None) => Ok(AddressMode::Container),
+        (_, Some(mode)) => Ok(mode),
+        (Origin::Task, None) => {
+            let shared = c.networks.keys().any(|n| env.own_networks.contains(n) || label_network == Some(n.as_str()));
+            if shared && !env.own_networks.is_empty() {
+                Ok(AddressMode::Container)
+            } else if !c.published.is_empty() || !c.state.is_up() {
+                Ok(AddressMode::Published)
+            } else {
+                Err(format!("{}, and publishes no port in mode host: {}", no_shared_network(c, env), TASK_ADDRESS_HELP))
+            }
+        }
+    }
+}
+
+const TASK_ADDRESS_HELP: &str = "run hawser on one of the task's overlay networks, or publish the port with mode: host";
+
+fn no_shared_network(c: &Container, env: &Environment) -> String {
+    let on = c.networks.keys().cloned().collect::<Vec<_>>().join(", ");
+    if env.own_networks.is_empty() {
+        format!("hawser runs outside Docker, where overlay IPs cannot be reached (task on: {on})")
+    } else {
+        format!("shares no network with hawser (task on: {on}; hawser on: {})", env.own_networks.join(", "))
+    }
+}
+
 /// The socket address for `port` of container `c`.
 pub fn choose_address(
     c: &Container,
@@ -84,6 +128,17 @@ pub fn choose_address(
     if mode == AddressMode::Published {
         return published_address(c, port);
     }
+    if c.origin != Origin::Container && env.own_networks.is_empty() {
+        // The host has no route into overlay networks (moby#18357).
+        let what = if c.origin == Origin::ServiceVip { "the service's VIP" } else { "the task's IP" };
+        return Err(format!(
+            "{} ({what} is unreachable): {TASK_ADDRESS_HELP}, or set {prefix}.address=published",
+            no_shared_network(c, env)
+        ));
+    }
+    if mode == AddressMode::Vip && c.origin != Origin::ServiceVip {
+        return Err(format!("label {prefix}.address=vip applies to Swarm services only"));
+    }
     if c.network_mode == "host" {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
@@ -92,6 +147,9 @@ pub fn choose_address(
             "shares the network of container {}: route that container instead",
             &other[..other.len().min(12)]
         ));
+    }
+    if c.origin == Origin::ServiceVip && c.networks.is_empty() {
+        return Err("has no virtual IP on a network (endpoint mode dnsrr?): use address container or published".into());
     }
     let network = choose_network(c, label_network, config_network, env, prefix)?;
     match c.networks.get(network).copied().flatten() {
@@ -151,7 +209,13 @@ fn published_address(c: &Container, port: u16) -> Result<SocketAddr, String> {
         .filter(|b| b.container_port == port)
         // Prefer an IPv4 binding: loopback v4 always works where Docker published on 0.0.0.0.
         .min_by_key(|b| matches!(b.host_ip, Some(IpAddr::V6(_))))
-        .ok_or_else(|| format!("port {port} is not published (docker.address: published)"))?;
+        .ok_or_else(|| {
+            if c.origin == Origin::Task {
+                format!("port {port} is not published in mode host (address: published)")
+            } else {
+                format!("port {port} is not published (address: published)")
+            }
+        })?;
     let ip = match binding.host_ip {
         None | Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(IpAddr::V6(v6)) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -254,5 +318,63 @@ mod tests {
         assert_eq!(pub_addr(&c).unwrap().to_string(), "127.0.0.1:32768");
         c.published = vec![PublishedPort { container_port: 80, host_ip: Some("192.0.2.7".parse().unwrap()), host_port: 9000 }];
         assert_eq!(pub_addr(&c).unwrap().to_string(), "192.0.2.7:9000");
+    }
+
+    fn task(ip: &str, published: bool) -> Container {
+        let mut c = Container::sample("web.1", ip);
+        c.origin = Origin::Task;
+        c.networks = [("overlay".to_string(), Some(ip.parse().unwrap()))].into();
+        if published {
+            c.published = vec![PublishedPort { container_port: 80, host_ip: Some("192.0.2.9".parse().unwrap()), host_port: 30080 }];
+        }
+        c
+    }
+
+    fn env_on(own: &[&str]) -> Environment {
+        Environment { own_networks: own.iter().map(|s| s.to_string()).collect(), ..Environment::default() }
+    }
+
+    #[test]
+    fn swarm_tasks_are_reached_by_a_shared_network_then_a_host_mode_port() {
+        use AddressMode::{Container as ByIp, Published, Vip};
+        let mode = |c: &Container, label: Option<AddressMode>, config: Option<AddressMode>, own: &[&str]| {
+            effective_mode(c, label, config, None, &env_on(own), P)
+        };
+        // A shared overlay first, then the port published in mode host.
+        assert_eq!(mode(&task("10.0.1.5", true), None, None, &["overlay"]), Ok(ByIp));
+        assert_eq!(mode(&task("10.0.1.5", true), None, None, &[]), Ok(Published));
+        assert_eq!(mode(&task("10.0.1.5", true), None, None, &["other"]), Ok(Published));
+        let none = mode(&task("10.0.1.5", false), None, None, &[]).unwrap_err();
+        assert!(none.contains("hawser runs outside Docker") && none.contains("mode: host"), "{none}");
+        let none = mode(&task("10.0.1.5", false), None, None, &["other"]).unwrap_err();
+        assert!(none.contains("shares no network with hawser (task on: overlay; hawser on: other)"), "{none}");
+        // The label, then docker.address, choose.
+        assert_eq!(mode(&task("10.0.1.5", true), Some(Published), Some(ByIp), &["overlay"]), Ok(Published));
+        assert_eq!(mode(&task("10.0.1.5", true), None, Some(Published), &["overlay"]), Ok(Published));
+        // A plain container: vip is for Swarm services only.
+        let plain = Container::sample("a", "10.0.0.2");
+        assert_eq!(mode(&plain, None, Some(Vip), &[]), Ok(ByIp), "docker.address: vip is the services' default");
+        assert!(mode(&plain, Some(Vip), None, &[]).unwrap_err().contains("Swarm services only"));
+        let mut vip = task("10.0.1.2", false);
+        vip.origin = Origin::ServiceVip;
+        assert_eq!(mode(&vip, Some(ByIp), None, &["overlay"]), Ok(Vip));
+    }
+
+    #[test]
+    fn task_addresses() {
+        let env = env_on(&["overlay"]);
+        let at = |c: &Container, mode, env: &Environment| choose_address(c, 80, mode, None, None, env, P);
+        assert_eq!(at(&task("10.0.1.5", true), AddressMode::Container, &env).unwrap().to_string(), "10.0.1.5:80");
+        assert_eq!(at(&task("10.0.1.5", true), AddressMode::Published, &env).unwrap().to_string(), "192.0.2.9:30080");
+        let e = at(&task("10.0.1.5", false), AddressMode::Published, &env).unwrap_err();
+        assert_eq!(e, "port 80 is not published in mode host (address: published)");
+        // Asked for explicitly, a task IP from outside Docker is refused with the reason.
+        let e = at(&task("10.0.1.5", true), AddressMode::Container, &Environment::default()).unwrap_err();
+        assert!(e.contains("unreachable") && e.contains("hawser.address=published"), "{e}");
+        let mut vip = task("10.0.1.2", false);
+        vip.origin = Origin::ServiceVip;
+        assert_eq!(at(&vip, AddressMode::Vip, &env).unwrap().to_string(), "10.0.1.2:80");
+        vip.networks.clear();
+        assert!(at(&vip, AddressMode::Vip, &env).unwrap_err().contains("no virtual IP"));
     }
 }

@@ -30,6 +30,21 @@ pub struct Container {
     pub stop_timeout: Option<Duration>,
     /// `Config.StopSignal` as a number, when the image or `--stop-signal` sets one.
     pub stop_signal: Option<i32>,
+    pub origin: Origin,
+}
+
+/// What a [`Container`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// A plain container of an engine.
+    #[default]
+    Container,
+    /// A Swarm task: a container the manager placed on some node. Its addresses come from the
+    /// manager (overlay IPs, node address + ports published in mode host).
+    Task,
+    /// A Swarm service reached through its virtual IP (`address: vip`): Swarm balances over its
+    /// tasks, so hawser's per-backend health and drain see only the VIP.
+    ServiceVip,
 }
 
 impl Container {
@@ -51,6 +66,7 @@ impl Container {
             published: Vec::new(),
             stop_timeout: None,
             stop_signal: None,
+            origin: Origin::Container,
         }
     }
 }
@@ -61,10 +77,15 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 
-/// How far a running container is in going away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How far a running container is in going away; later variants are further along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Departure {
     Staying,
+    /// Its orchestrator decided to stop it (a Swarm task whose desired state went past
+    /// `running`), and its stop signal has not come yet: the manager's node takes it out of
+    /// DNS and waits 2 s first. It serves only while its service has no ready backend, which
+    /// covers the moment between a replacement running and its first probe passing.
+    Leaving,
     /// Got its stop signal: no new requests; those in flight finish. Lasts until it exits or
     /// its stop timeout passes.
     Draining,
@@ -223,6 +244,7 @@ impl Container {
             published: Vec::new(),
             stop_timeout: None,
             stop_signal: None,
+            origin: Origin::Container,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Labels {
     /// [`crate::upstream::CaFiles`].
     pub ca: Option<String>,
     pub verify: Option<bool>,
+    /// `address`: how this container (or Swarm service) is reached.
+    pub address: Option<crate::config::AddressMode>,
 }
 
 /// A label hawser could not use; the container carrying it is skipped.
@@ -67,6 +69,7 @@ const KEYS: &[&str] = &[
     "tls.server_name",
     "tls.ca",
     "tls.verify",
+    "address",
 ];
 
 impl Labels {
@@ -116,6 +119,7 @@ impl Labels {
                 "tls.ca" if v.starts_with('/') => out.ca = Some(v.to_string()),
                 "tls.ca" => return Err(fail("expected the absolute path of a PEM file in hawser's file system".into())),
                 "tls.verify" => out.verify = Some(parse_bool(v).ok_or_else(|| fail("expected true or false".into()))?),
+                "address" => out.address = Some(crate::config::AddressMode::parse(v).map_err(fail)?),
                 _ => return Err(fail(format!("unknown label (known: {})", KEYS.join(", ")))),
             }
         }
@@ -161,6 +165,7 @@ mod tests {
             ("hawser.weight", "3"),
             ("hawser.healthcheck.path", "/healthz"),
             ("hawser.healthcheck.type", "GRPC"),
+            ("hawser.address", "published"),
             ("other.label", "ignored"),
             ("hawserx.port", "not ours"),
         ])
@@ -173,6 +178,9 @@ mod tests {
         assert_eq!(l.network.as_deref(), Some("web"));
         assert_eq!(l.health_path.as_deref(), Some("/healthz"));
         assert_eq!(l.health_kind, Some(crate::config::CheckKind::Grpc));
+        assert_eq!(l.address, Some(crate::config::AddressMode::Published));
+        let e = parse(&[("hawser.address", "ingress")]).unwrap_err();
+        assert_eq!(e.to_string(), "label hawser.address=\"ingress\": \"ingress\": expected container, published or vip");
         let e = parse(&[("hawser.healthcheck.type", "udp")]).unwrap_err();
         assert!(e.to_string().contains("expected http, tcp or grpc"), "{e}");
     }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use address::Environment;
-pub use container::{Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, PublishedPort, RunState, signal_number};
+pub use container::{Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Origin, PublishedPort, RunState, signal_number};
 pub use labels::{Labels, validate_service_name};
 use routes::{HostPattern, RouteKey};
 
@@ -23,6 +23,8 @@ use crate::config::{CheckKind, Config, HealthPolicy, ProxyPolicy, SiteTls, Upstr
 
 /// Docker Compose's service label: the default service name of a compose container.
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+/// The label the engine puts on a Swarm task's container (and hawser on a task): its service.
+pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
@@ -65,6 +67,8 @@ pub struct BackendPlan {
 /// Docker's reasons to send a running backend no traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
+    /// Its orchestrator is stopping it: only while its service has no ready backend.
+    Leaving,
     /// Got its stop signal: no new requests, those in flight finish.
     Draining,
     Paused,
@@ -77,13 +81,14 @@ pub enum Gate {
 impl Gate {
     /// Whether active probing still makes sense (the process is meant to serve soon).
     pub fn probe_anyway(self) -> bool {
-        matches!(self, Gate::DockerStarting | Gate::DockerUnhealthy | Gate::Restarting)
+        matches!(self, Gate::DockerStarting | Gate::DockerUnhealthy | Gate::Restarting | Gate::Leaving)
     }
 }
 
 impl std::fmt::Display for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Gate::Leaving => "leaving: its task is being shut down (serves only while no other backend is ready)",
             Gate::Draining => "draining: got its stop signal",
             Gate::Paused => "paused",
             Gate::Restarting => "restarting",
@@ -324,16 +329,24 @@ impl Catalog {
             // Resolve the address first: a container that cannot be reached is skipped whole and
             // claims nothing, so it never turns another route into a 503.
             let addr = if c.state.is_up() {
-                let port = address::choose_port(
+                let mode = address::effective_mode(
                     c,
-                    &address::PortChoice { label: cand.labels.port, service: svc_config.and_then(|s| s.port), prefix },
+                    cand.labels.address,
                     config.docker.address,
+                    cand.labels.network.as_deref(),
+                    env,
+                    prefix,
                 );
-                match port.and_then(|port| {
+                let port = mode.and_then(|mode| {
+                    let choice =
+                        address::PortChoice { label: cand.labels.port, service: svc_config.and_then(|s| s.port), prefix };
+                    Ok((mode, address::choose_port(c, &choice, mode)?))
+                });
+                match port.and_then(|(mode, port)| {
                     address::choose_address(
                         c,
                         port,
-                        config.docker.address,
+                        mode,
                         cand.labels.network.as_deref(),
                         config.docker.network.as_deref(),
                         env,
@@ -414,7 +427,7 @@ impl Catalog {
                     self.refuse(c, Some(&cand.service), Standing::Waiting, reason);
                     continue;
                 }
-                Departure::Staying | Departure::Draining => {}
+                Departure::Staying | Departure::Leaving | Departure::Draining => {}
             }
             let gate = docker_gate(c);
             plan.backends.push(BackendPlan {
@@ -503,7 +516,8 @@ fn admit(config: &Config, c: &Container) -> Result<(String, Labels), (Standing, 
     let service = match (&labels.service, selected.as_slice()) {
         (Some(s), _) => s.clone(),
         (None, [one]) => one.to_string(),
-        (None, []) => match c.labels.get(COMPOSE_SERVICE_LABEL) {
+        // A Swarm task (or VIP) belongs to its Swarm service.
+        (None, []) => match c.labels.get(SWARM_SERVICE_LABEL).or_else(|| c.labels.get(COMPOSE_SERVICE_LABEL)) {
             Some(s) if validate_service_name(s).is_ok() => s.clone(),
             _ => c.name.clone(),
         },
@@ -560,8 +574,10 @@ fn yaml_plan(svc: &crate::config::ServiceConfig) -> ServicePlan {
 
 /// Docker's own word on whether a running container may get traffic.
 fn docker_gate(c: &Container) -> Option<Gate> {
-    if c.departure == Departure::Draining {
-        return Some(Gate::Draining);
+    match c.departure {
+        Departure::Draining => return Some(Gate::Draining),
+        Departure::Leaving => return Some(Gate::Leaving),
+        _ => {}
     }
     match c.state {
         RunState::Paused => return Some(Gate::Paused),

@@ -17,7 +17,7 @@ pub struct FileConfig {
     pub listen: Option<Vec<Listen>>,
     pub h2c: Option<bool>,
     #[serde(default)]
-    pub docker: DockerSection,
+    pub docker: super::docker::DockerSection,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSection>,
     #[serde(default)]
@@ -34,15 +34,6 @@ pub struct FileConfig {
     pub pingora: Option<pingora::server::configuration::ServerConf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerSection {
-    pub endpoint: Option<Endpoint>,
-    pub label_prefix: Option<LabelPrefix>,
-    pub network: Option<String>,
-    pub exposed_by_default: Option<bool>,
-    pub address: Option<AddressMode>,
-}
 
 /// Defences against hostile or broken clients: timeouts, limits, trusted proxies.
 #[derive(Debug, Default, Deserialize)]
@@ -98,10 +89,33 @@ impl<'de> Deserialize<'de> for AccessLogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressMode {
-    /// The container's IP on the chosen network and the container port.
+    /// The container's (or Swarm task's) IP on the chosen network and the container port.
     Container,
-    /// The host IP and published port of that container port.
+    /// The host IP and published port of that container port; for a Swarm task, its node's
+    /// address and the port it publishes in mode host.
     Published,
+    /// A Swarm service's virtual IP on the chosen network: Swarm balances over its tasks.
+    Vip,
+}
+
+impl AddressMode {
+    /// The label's and YAML's spelling.
+    pub fn parse(v: &str) -> Result<AddressMode, String> {
+        match v {
+            "container" => Ok(AddressMode::Container),
+            "published" => Ok(AddressMode::Published),
+            "vip" => Ok(AddressMode::Vip),
+            _ => Err(format!("{v:?}: expected container, published or vip")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressMode::Container => "container",
+            AddressMode::Published => "published",
+            AddressMode::Vip => "vip",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

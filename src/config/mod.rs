@@ -3,6 +3,7 @@
 //! `hawser` runs with no file at all: every value has an embedded default, listed in
 //! `conf/hawser.yaml`. Errors name the file, line, column and key, and carry a snippet.
 
+pub mod docker;
 pub mod file;
 pub mod tls;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use pingora::server::configuration::ServerConf;
 
 use crate::catalog::routes::{HostPattern, RouteKey};
+pub use docker::{DockerConfig, DockerMode, EngineConfig, EngineTls};
 pub use file::{AccessLogFormat, AddressMode, CheckKind};
 pub use tls::{AcmeConfig, CertPair, DefaultCertificate, Scheme, SiteTls, TlsConfig, UpstreamTls};
 
@@ -99,17 +101,6 @@ pub struct AdminConfig {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DockerConfig {
-    /// `None`: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
-    pub endpoint: Option<String>,
-    pub label_prefix: String,
-    /// Preferred network for container addresses.
-    pub network: Option<String>,
-    /// Route containers that carry no `<prefix>.enable` label.
-    pub exposed_by_default: bool,
-    pub address: AddressMode,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
@@ -331,7 +322,7 @@ impl Loaded {
             serde_saphyr::with_deserializer_from_str(text, |de| {
                 serde_path_to_error::deserialize(de).map_err(|e| {
                     // `Spanned` values add a `value` step that is not in the file.
-                    key = e.path().to_string().replace(".value.", ".");
+                    key = e.path().to_string().replace(".value.", ".").replace(".value[", "[");
                     if let Some(k) = key.strip_suffix(".value") {
                         key = k.to_string();
                     }
@@ -367,13 +358,6 @@ impl Loaded {
             Some(l) => l.into_iter().map(|a| a.0).collect(),
         };
 
-        let docker = DockerConfig {
-            endpoint: f.docker.endpoint.map(|e| e.0),
-            label_prefix: f.docker.label_prefix.map_or_else(|| "hawser".to_string(), |p| p.0),
-            network: f.docker.network,
-            exposed_by_default: f.docker.exposed_by_default.unwrap_or(false),
-            address: f.docker.address.unwrap_or(AddressMode::Container),
-        };
 
         let health = merge_health(&HealthPolicy::default(), &f.health_check);
         let proxy = merge_proxy(&ProxyPolicy::default(), &f.proxy);
@@ -487,6 +471,7 @@ impl Loaded {
             e
         };
         let tls = tls::tls_config(f.tls, &located)?;
+        let docker = docker::docker_config(f.docker, &located)?;
         // One socket cannot speak both: a TLS address that a cleartext one (or the admin API)
         // also covers would fail to bind at start, after the configuration was called valid.
         let overlaps = |a: &SocketAddr, b: &SocketAddr| {
@@ -668,7 +653,7 @@ mod tests {
         assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
         assert_eq!(c.docker.label_prefix, "hawser");
         assert!(!c.docker.exposed_by_default);
-        assert_eq!(c.docker.address, AddressMode::Container);
+        assert_eq!(c.docker.address, None);
         assert_eq!(c, Config::default());
     }
 
@@ -695,7 +680,7 @@ pingora:
         )
         .unwrap();
         assert_eq!(c.docker.label_prefix, "edge");
-        assert_eq!(c.docker.address, AddressMode::Published);
+        assert_eq!(c.docker.address, Some(AddressMode::Published));
         let api = &c.services["api"];
         assert_eq!(api.routes.len(), 2);
         assert_eq!(api.routes[0].path_prefix, "/v1");

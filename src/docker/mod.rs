@@ -9,7 +9,9 @@
 //! - `/events?since=T` replays events after T, so a reconnect loses nothing between the
 //!   resync list and the live stream; handling is idempotent, so replays are harmless.
 
+pub mod api;
 pub mod swarm;
+pub mod swarm_poll;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -29,12 +31,13 @@ use log::{debug, info, warn};
 use pingora::server::ShutdownWatch;
 use pingora::services::ServiceReadyNotifier;
 use pingora::services::background::BackgroundService;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{
-    Catalog, Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, PublishedPort, RunState, signal_number,
+    Catalog, Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, Origin, PublishedPort, RunState,
+    signal_number,
 };
-use crate::config::Config;
+use crate::config::{Config, DockerMode};
 use crate::metrics::metrics;
 use crate::runtime::{Cause, Runtime, unix_nanos};
 
@@ -62,7 +65,21 @@ struct Cursor {
     since_nanos: i64,
     /// Draining containers → when their stop timeout passes.
     drains: HashMap<String, tokio::time::Instant>,
+    /// Reads the swarm while this engine is watched as a swarm manager.
+    poller: Option<swarm_poll::Poller>,
+    /// The last error reading the swarm, said once until it changes.
+    swarm_error: Option<String>,
 }
+
+/// The label the engine puts on a swarm task's container: such a container is routed as its
+/// task (from the manager's lists) while the swarm is read, never a second time as itself.
+const TASK_LABEL: &str = "com.docker.swarm.task.id";
+
+/// How long a task that left the manager's list of running tasks stays as a fallback
+/// ([`Departure::Leaving`]): its node waits 2 s (`defaultGossipConvergeDelay`) after the
+/// manager's decision before it stops the container, and hawser sees the decision up to one
+/// poll later; so the fallback ends before the stop signal.
+const LEAVING_WINDOW: Duration = Duration::from_millis(1500);
 
 impl DockerWatcher {
     pub fn new(config: Arc<Config>, runtime: Arc<Runtime>) -> Self {
@@ -88,6 +105,8 @@ impl DockerWatcher {
             env: Environment::default(),
             since_nanos: unix_nanos(),
             drains: HashMap::new(),
+            poller: None,
+            swarm_error: None,
         };
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -96,6 +115,7 @@ impl DockerWatcher {
                 let _ = tx.send(());
             }
             self.runtime.set_docker_connected(false);
+            cursor.poller = None;
             match result {
                 Ok(()) => warn!(
                     "Docker {endpoint}: event stream ended; serving the last known routes, reconnecting in {backoff:?}"
@@ -123,22 +143,41 @@ impl DockerWatcher {
 
         // Replay from where the last session was sure; the list below is newer than that.
         let mut filters = HashMap::new();
-        filters.insert("type".to_string(), vec!["container".to_string(), "network".to_string()]);
+        // Swarm's service and node events only trigger a read of the manager's lists.
+        let types = ["container", "network", "service", "node"];
+        filters.insert("type".to_string(), types.iter().map(|t| t.to_string()).collect());
         let since = format!("{}.{:09}", cursor.since_nanos / 1_000_000_000, cursor.since_nanos % 1_000_000_000);
         let mut events = docker.events(Some(EventsOptions { since: Some(since), until: None, filters: Some(filters) }));
 
         let listed_at = unix_nanos();
         cursor.env = own_environment(&docker).await;
-        cursor.containers = self.list(&docker).await?;
+        let swarm = self.reads_swarm(&docker, endpoint).await;
+        // Tasks stay as last read until the manager says otherwise.
+        let tasks: Vec<Container> = cursor.containers.values().filter(|c| c.origin != Origin::Container).cloned().collect();
+        cursor.containers = self.list(&docker, swarm).await?;
+        let (swarm_tx, mut swarm_rx) = mpsc::channel(1);
+        if swarm {
+            let api = api::RawApi::new(endpoint, &docker.client_version().to_string())?;
+            cursor.containers.extend(tasks.into_iter().map(|c| (c.id.clone(), c)));
+            // The first read before hawser says it is ready: it must know the tasks too.
+            self.apply_swarm(cursor, swarm_poll::round(&api).await, false);
+            cursor.poller = Some(swarm_poll::Poller::start(api, swarm_tx));
+        }
         // A fresh list knows nothing of stop signals: the replayed `kill` events restart drains.
         cursor.drains.clear();
         cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
         self.runtime.set_docker_connected(true);
         *backoff = BACKOFF_MIN;
         info!(
-            "Docker {endpoint}: connected (API {}), {} containers listed{}",
+            "Docker {endpoint}: connected (API {}), {} containers listed{}{}",
             docker.client_version(),
-            cursor.containers.len(),
+            cursor.containers.values().filter(|c| c.origin == Origin::Container).count(),
+            if swarm {
+                let tasks = cursor.containers.values().filter(|c| c.origin != Origin::Container).count();
+                format!(", swarm manager: {tasks} tasks (and VIP services) listed")
+            } else {
+                String::new()
+            },
             if cursor.env.own_networks.is_empty() {
                 String::new()
             } else {
@@ -157,6 +196,10 @@ impl DockerWatcher {
                 event = events.next() => event,
                 Some((id, cause, answer)) = inspections.running.next(), if !inspections.running.is_empty() => {
                     self.inspected(&docker, cursor, &mut inspections, id, &cause, answer);
+                    continue;
+                }
+                Some(outcome) = swarm_rx.recv(), if cursor.poller.is_some() => {
+                    self.apply_swarm(cursor, outcome, true);
                     continue;
                 }
                 _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)), if next_deadline.is_some() => {
@@ -220,6 +263,7 @@ impl DockerWatcher {
     ) {
         let changed = match answer {
             Ok(inspected) => match container_from_inspect(inspected) {
+                Some(c) if cursor.poller.is_some() && c.labels.contains_key(TASK_LABEL) => false,
                 Some(c) => {
                     cursor.containers.insert(id.clone(), c);
                     true
@@ -259,7 +303,37 @@ impl DockerWatcher {
         let action = event.action.as_deref().unwrap_or_default();
         let attrs = event.actor.as_ref()?.attributes.as_ref();
         let attr = |k: &str| attrs.and_then(|a| a.get(k)).map(String::as_str);
+        if matches!(event.typ, Some(EventMessageTypeEnum::SERVICE | EventMessageTypeEnum::NODE)) {
+            debug!("Docker event: {action} {:?} (swarm): reading the swarm now", event.typ);
+            cursor.poller.as_ref()?.wake();
+            return None;
+        }
         let id = event_container(event)?;
+        if let (Some(poller), Some(task)) = (&cursor.poller, attr(TASK_LABEL).filter(|_| event.typ == Some(EventMessageTypeEnum::CONTAINER))) {
+            // A task's container on this node: its stop signal takes the task out at once; its
+            // other events say the manager's lists are about to change.
+            poller.wake();
+            let c = cursor.containers.get_mut(task)?;
+            if action == "die" && c.state.is_up() {
+                c.state = RunState::Exited;
+                c.networks.values_mut().for_each(|ip| *ip = None);
+                let cause = Cause { what: format!("die {}", c.name), event_nanos: event.time_nano };
+                return Some(Step::Replan(cause, task.to_string()));
+            }
+            let departure = (action == "kill").then(|| signal_number(attr("signal")?).and_then(|s| c.departure_for(s))).flatten()?;
+            if !c.state.is_up() || c.departure >= departure {
+                return None;
+            }
+            info!("task {}: {departure:?} (signal {} to its container on this node): no new requests", c.name, attr("signal").unwrap_or("?"));
+            c.departure = departure;
+            if departure == Departure::Draining {
+                cursor.drains.insert(task.to_string(), tokio::time::Instant::now() + c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT));
+            } else {
+                cursor.drains.remove(task);
+            }
+            let cause = Cause { what: format!("kill {}", c.name), event_nanos: event.time_nano };
+            return Some(Step::Replan(cause, task.to_string()));
+        }
         if action.starts_with("exec_") {
             return None;
         }
@@ -367,7 +441,8 @@ impl DockerWatcher {
     }
 
     /// Every container, inspected when it could matter to hawser (the rest only summarised).
-    async fn list(&self, docker: &Docker) -> Result<BTreeMap<String, Container>, String> {
+    /// While the swarm is read (`swarm`), its tasks' containers are left to the task list.
+    async fn list(&self, docker: &Docker, swarm: bool) -> Result<BTreeMap<String, Container>, String> {
         let summaries = docker
             .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
             .await
@@ -376,6 +451,9 @@ impl DockerWatcher {
         for s in summaries {
             let Some(id) = s.id.clone() else { continue };
             let labels: BTreeMap<String, String> = s.labels.clone().unwrap_or_default().into_iter().collect();
+            if swarm && labels.contains_key(TASK_LABEL) {
+                continue;
+            }
             let container = if self.may_route(&labels, s.image.as_deref().unwrap_or_default()) {
                 match docker.inspect_container(&id, None).await {
                     Ok(inspected) => container_from_inspect(inspected),
@@ -400,6 +478,105 @@ impl DockerWatcher {
         self.config.docker.exposed_by_default
             || labels.keys().any(|k| k.starts_with(&prefix))
             || self.config.services.values().any(|svc| svc.selector.as_ref().is_some_and(|sel| sel.matches(&labels, image)))
+    }
+
+    /// Whether this engine's swarm is read (`docker.mode`): `auto` reads it when the engine is
+    /// a swarm manager; `swarm` always tries, and says why it cannot (a worker, no swarm).
+    async fn reads_swarm(&self, docker: &Docker, endpoint: &str) -> bool {
+        let mode = self.config.docker.mode;
+        if mode == DockerMode::Containers {
+            return false;
+        }
+        let swarm = match docker.info().await {
+            Ok(info) => info.swarm.unwrap_or_default(),
+            Err(e) => {
+                warn!("Docker {endpoint}: cannot ask whether the engine is a swarm manager: {e}");
+                return mode == DockerMode::Swarm;
+            }
+        };
+        let manager = swarm.control_available.unwrap_or(false);
+        if !manager && mode == DockerMode::Swarm {
+            let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+            warn!(
+                "Docker {endpoint}: docker.mode is swarm, but this engine is not a swarm manager (swarm state: {state}): \
+                 only its plain containers are routed; point docker.endpoint at a manager"
+            );
+        }
+        manager || mode == DockerMode::Swarm
+    }
+
+    /// Applies one read of the swarm: its tasks replace the last ones. A task that was going
+    /// away stays so (a local stop signal may have come before the manager's word).
+    fn apply_swarm(&self, cursor: &mut Cursor, outcome: Result<swarm::Snapshot, String>, replan: bool) {
+        let snapshot = match outcome {
+            Ok(s) => s,
+            Err(e) => {
+                if cursor.swarm_error.as_ref() != Some(&e) {
+                    warn!("Docker swarm: cannot read services and tasks: {e}; keeping the last known tasks");
+                    cursor.swarm_error = Some(e);
+                }
+                return;
+            }
+        };
+        if cursor.swarm_error.take().is_some() {
+            info!("Docker swarm: services and tasks readable again");
+        }
+        let mut fresh: BTreeMap<String, Container> =
+            swarm::tasks_as_containers(&snapshot, &self.config.docker.label_prefix, self.config.docker.address)
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect();
+        for (id, c) in &mut fresh {
+            if let Some(old) = cursor.containers.get(id).filter(|old| old.state.is_up() && c.state.is_up()) {
+                c.departure = c.departure.max(old.departure);
+            }
+        }
+        let gone: Vec<String> = cursor
+            .containers
+            .iter()
+            .filter(|(id, c)| c.origin != Origin::Container && !fresh.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = Vec::new();
+        let leave_by = tokio::time::Instant::now() + LEAVING_WINDOW;
+        for id in gone {
+            let Some(c) = cursor.containers.get_mut(&id) else { continue };
+            // Its desired state went past running: it still serves for a moment as a fallback.
+            if c.origin == Origin::Task && c.state.is_up() && c.departure == Departure::Staying {
+                c.departure = Departure::Leaving;
+                cursor.drains.insert(id.clone(), leave_by);
+                changed.push((id, c.name.clone()));
+            } else if !(c.departure == Departure::Leaving && cursor.drains.contains_key(&id)) {
+                cursor.drains.remove(&id);
+                let c = cursor.containers.remove(&id).expect("present");
+                changed.push((id, c.name));
+            }
+        }
+        for (id, c) in fresh {
+            if c.departure == Departure::Leaving && !cursor.drains.contains_key(&id) {
+                cursor.drains.insert(id.clone(), leave_by);
+            }
+            if cursor.containers.get(&id) != Some(&c) {
+                changed.push((id.clone(), c.name.clone()));
+                cursor.containers.insert(id, c);
+            }
+        }
+        if changed.is_empty() || !replan {
+            return;
+        }
+        let mut names: Vec<&str> = changed.iter().map(|(_, n)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let shown = if names.len() > 5 { format!("{} and {} more", names[..5].join(", "), names.len() - 5) } else { names.join(", ") };
+        let cause = Cause { what: format!("swarm read: {shown} changed"), event_nanos: None };
+        // One re-plan per task while few change; a whole rebuild is cheaper for many.
+        if changed.len() > 32 {
+            self.rebuild(cursor, &cause);
+        } else {
+            for (id, _) in changed {
+                self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
+            }
+        }
     }
 }
 
@@ -479,6 +656,13 @@ fn expire_drains(cursor: &mut Cursor) -> Option<(Cause, Vec<String>)> {
     for id in due {
         cursor.drains.remove(&id);
         let Some(c) = cursor.containers.get_mut(&id) else { continue };
+        if c.departure == Departure::Leaving {
+            // A task past its fallback window: gone, as the manager said.
+            names.push(c.name.clone());
+            cursor.containers.remove(&id);
+            ids.push(id);
+            continue;
+        }
         if c.departure == Departure::Draining && c.state.is_up() {
             c.departure = Departure::Overdue;
             info!(
@@ -610,6 +794,7 @@ pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> 
         published,
         stop_timeout: config.stop_timeout.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
         stop_signal: config.stop_signal.as_deref().and_then(signal_number),
+        origin: Origin::Container,
         id,
     })
 }

@@ -22,13 +22,14 @@
 //!   published ports in `mode: host` at its node's address. Nothing is guessed: a task with
 //!   neither has none, and the catalog says why it is not routed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Container, Departure, DockerHealth, PublishedPort, RunState, signal_number};
+use crate::catalog::{Container, Departure, DockerHealth, Origin, PublishedPort, RunState, signal_number};
+use crate::config::AddressMode;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -36,6 +37,37 @@ pub struct Service {
     #[serde(rename = "ID")]
     pub id: String,
     pub spec: ServiceSpec,
+    pub endpoint: ServiceEndpoint,
+    pub update_status: Option<UpdateStatus>,
+}
+
+impl Service {
+    /// Whether a rolling update (or its rollback) is under way: tasks change often then.
+    pub fn updating(&self) -> bool {
+        self.update_status.as_ref().is_some_and(|u| matches!(u.state.as_str(), "updating" | "rollback_started"))
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpdateStatus {
+    pub state: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceEndpoint {
+    #[serde(rename = "VirtualIPs")]
+    pub virtual_ips: Vec<VirtualIp>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VirtualIp {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// CIDR, e.g. `10.0.1.2/24`.
+    pub addr: String,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -189,12 +221,44 @@ impl Snapshot {
     }
 }
 
-/// The tasks of `snapshot` as the catalog's containers (see the module's invariants).
-pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
+/// The labels hawser reads of a service: its own (`deploy.labels`) over its container spec's,
+/// and the service's name as the engine labels a task's container with it.
+fn service_labels(spec: &ServiceSpec) -> BTreeMap<String, String> {
+    let mut labels = spec.task_template.container_spec.labels.clone();
+    labels.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.insert(crate::catalog::SWARM_SERVICE_LABEL.to_string(), spec.name.clone());
+    labels
+}
+
+/// Whether a service is reached through its VIP: its `address` label says `vip`, or it says
+/// nothing and `docker.address` does. A label with another or a bad value is not `vip` (the
+/// catalog reports a bad one).
+fn through_vip(labels: &BTreeMap<String, String>, prefix: &str, default: Option<AddressMode>) -> bool {
+    match labels.get(&format!("{prefix}.address")) {
+        Some(v) => v.trim() == "vip",
+        None => default == Some(AddressMode::Vip),
+    }
+}
+
+/// The tasks of `snapshot` as the catalog's containers (see the module's invariants); a
+/// service reached through its VIP as one container of [`Origin::ServiceVip`] instead.
+pub fn tasks_as_containers(snapshot: &Snapshot, prefix: &str, default_mode: Option<AddressMode>) -> Vec<Container> {
     let services: HashMap<&str, &Service> = snapshot.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let vip_services: HashSet<&str> = snapshot
+        .services
+        .iter()
+        .filter(|s| through_vip(&service_labels(&s.spec), prefix, default_mode))
+        .map(|s| s.id.as_str())
+        .collect();
     let nodes: HashMap<&str, &Node> = snapshot.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut network_names: HashMap<&str, &str> = HashMap::new();
+    // Services (of vip) with a task that can take requests.
+    let mut serving: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
     for task in &snapshot.tasks {
+        for a in &task.networks_attachments {
+            network_names.insert(a.network.id.as_str(), a.network.spec.name.as_str());
+        }
         let Some(service) = services.get(task.service_id.as_str()) else { continue };
         let running = task.status.state == "running";
         let departure = match task.desired_state.as_str() {
@@ -213,10 +277,14 @@ pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
             "new" | "pending" | "assigned" | "accepted" | "preparing" | "ready" | "starting" => RunState::Created,
             _ => RunState::Exited,
         };
+        if vip_services.contains(service.id.as_str()) {
+            if state == RunState::Running && departure == Departure::Staying && task.desired_state == "running" {
+                serving.insert(service.id.as_str());
+            }
+            continue;
+        }
         let spec = &service.spec;
         let container = &spec.task_template.container_spec;
-        let mut labels = container.labels.clone();
-        labels.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let name = match task.slot {
             Some(slot) if slot > 0 => format!("{}.{slot}", spec.name),
             _ => format!("{}.{}", spec.name, task.node_id),
@@ -243,34 +311,58 @@ pub fn tasks_as_containers(snapshot: &Snapshot) -> Vec<Container> {
                 published.push(port);
             }
         }
-        let mut exposed_tcp: Vec<u16> = spec
-            .endpoint_spec
-            .ports
-            .iter()
-            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "tcp"))
-            .map(|p| p.target_port)
-            .collect();
-        exposed_tcp.sort_unstable();
-        exposed_tcp.dedup();
         out.push(Container {
             id: task.id.clone(),
             name,
             image: container.image.clone(),
             created: created_seconds(&task.created_at),
-            labels,
+            labels: service_labels(spec),
             state,
             departure,
             // A task whose image has a HEALTHCHECK is `running` only once healthy.
             health: DockerHealth::None,
             network_mode: String::new(),
             networks,
-            exposed_tcp,
+            exposed_tcp: exposed_tcp(spec),
             published,
             stop_timeout: container.stop_grace_period.and_then(|ns| u64::try_from(ns).ok()).map(Duration::from_nanos),
             stop_signal: container.stop_signal.as_deref().and_then(signal_number),
+            origin: Origin::Task,
         });
     }
+    for service in snapshot.services.iter().filter(|s| vip_services.contains(s.id.as_str())) {
+        let networks = service
+            .endpoint
+            .virtual_ips
+            .iter()
+            .filter_map(|v| {
+                let name = network_names.get(v.network_id.as_str())?;
+                let ip = v.addr.split('/').next()?.parse::<IpAddr>().ok()?;
+                (*name != "ingress").then(|| (name.to_string(), Some(ip)))
+            })
+            .collect();
+        let mut c = Container::unrouted(service.id.clone(), &service.spec.name, &service.spec.task_template.container_spec.image, service_labels(&service.spec));
+        c.state = if serving.contains(service.id.as_str()) { RunState::Running } else { RunState::Created };
+        c.networks = networks;
+        c.exposed_tcp = exposed_tcp(&service.spec);
+        c.origin = Origin::ServiceVip;
+        out.push(c);
+    }
     out
+}
+
+/// The target ports a service's endpoint spec names (TCP): its "exposed" ports.
+fn exposed_tcp(spec: &ServiceSpec) -> Vec<u16> {
+    let mut ports: Vec<u16> = spec
+        .endpoint_spec
+        .ports
+        .iter()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "tcp"))
+        .map(|p| p.target_port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Seconds since the epoch of an RFC 3339 time as the engine writes it; 0 when it does not
@@ -301,7 +393,7 @@ mod tests {
 
     fn containers(tasks: &[String]) -> Vec<Container> {
         let tasks = format!("[{}]", tasks.join(","));
-        tasks_as_containers(&Snapshot::from_json(SERVICES.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap())
+        tasks_as_containers(&Snapshot::from_json(SERVICES.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap(), "hawser", None)
     }
 
     #[test]
@@ -352,7 +444,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(snapshot.nodes[0].address(), Some("127.0.0.1".parse().unwrap()));
-        let mut all = tasks_as_containers(&snapshot);
+        let mut all = tasks_as_containers(&snapshot, "hawser", None);
         all.sort_by(|a, b| a.id.cmp(&b.id));
         let seen: Vec<(&str, &str, RunState, Departure)> =
             all.iter().map(|c| (&c.id[..4], c.name.as_str(), c.state, c.departure)).collect();
@@ -374,6 +466,31 @@ mod tests {
         // The draining task keeps its overlay address; its published port is already gone.
         assert_eq!(all[2].networks["hawser-cap-ov"], Some("10.0.1.3".parse().unwrap()));
         assert!(all[2].published.is_empty());
+    }
+
+    #[test]
+    fn a_service_reached_through_its_vip_is_one_backend() {
+        let services = SERVICES.replace(r#""hawser.enable":"true","#, r#""hawser.enable":"true","hawser.address":"vip","#).replace(
+            r#""EndpointSpec":"#,
+            r#""X":1}, "Endpoint":{"VirtualIPs":[{"NetworkID":"in","Addr":"10.0.0.2/24"},{"NetworkID":"ov","Addr":"10.0.1.2/24"}]}, "Spec2":{"EndpointSpec":"#,
+        );
+        // (The replacement above moves EndpointSpec out of Spec: the VIP needs none.)
+        let tasks = format!("[{},{}]", task("t1", 1, "n1", "running", "running"), task("t2", 2, "n1", "running", "starting"));
+        let snapshot = Snapshot::from_json(services.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap();
+        let all = tasks_as_containers(&snapshot, "hawser", None);
+        assert_eq!(all.len(), 1, "{all:?}");
+        let vip = &all[0];
+        assert_eq!((vip.origin, vip.name.as_str(), vip.id.as_str(), vip.state), (Origin::ServiceVip, "web", "svc1", RunState::Running));
+        assert_eq!(vip.networks, [("backend".to_string(), Some("10.0.1.2".parse().unwrap()))].into(), "ingress is left out");
+        assert_eq!(vip.labels[crate::catalog::SWARM_SERVICE_LABEL], "web");
+        // docker.address: vip makes it the default; a label says otherwise per service.
+        let plain = Snapshot::from_json(SERVICES.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap();
+        assert_eq!(tasks_as_containers(&plain, "hawser", Some(AddressMode::Vip))[0].origin, Origin::ServiceVip);
+        assert_eq!(tasks_as_containers(&plain, "hawser", None).len(), 2);
+        // No task running: the VIP is listed, not running.
+        let tasks = format!("[{}]", task("t2", 2, "n1", "running", "starting"));
+        let snapshot = Snapshot::from_json(services.as_bytes(), tasks.as_bytes(), NODES.as_bytes()).unwrap();
+        assert_eq!(tasks_as_containers(&snapshot, "hawser", None)[0].state, RunState::Created);
     }
 
     #[test]

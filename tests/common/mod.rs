@@ -21,9 +21,11 @@
 #![allow(dead_code)]
 
 pub mod grpc;
+pub mod image;
 pub mod pebble;
 pub mod python;
 pub mod recorder;
+pub mod swarm;
 pub mod tls;
 
 use std::collections::hash_map::RandomState;
