@@ -50,6 +50,7 @@ fn container(i: usize) -> Container {
         stop_timeout: None,
         stop_signal: None,
         origin: Origin::Container,
+        published_by_default: false,
     }
 }
 

@@ -74,6 +74,7 @@ fn main() {
     });
     let config = Arc::new(config);
     let runtime = Runtime::new();
+    let fleet = Arc::new(hawser::docker::Fleet::default());
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
@@ -109,7 +110,7 @@ fn main() {
     let proxy = server.add_service(proxy);
     let docker = server.add_service(background_service(
         "docker discovery",
-        DockerWatcher::new(Arc::clone(&config), Arc::clone(&runtime)),
+        DockerWatcher::new(Arc::clone(&config), Arc::clone(&runtime), Arc::clone(&fleet)),
     ));
     // Accept requests only once the containers are known (see DockerWatcher).
     proxy.add_dependency(&docker);
@@ -138,7 +139,7 @@ fn main() {
         "health checks",
         HealthChecks::new(Arc::clone(&runtime), &server.configuration),
     ));
-    let mut admin_api = AdminApi::new(runtime, &config.admin);
+    let mut admin_api = AdminApi::new(runtime, &config.admin).with_engines(fleet);
     if let Some(store) = store {
         admin_api = admin_api.with_certificates(store);
     }

@@ -12,7 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::swarm::{Load, Service, Swarm, has_ipvs, image_id, overlay};
+use common::load::Load;
+use common::swarm::{Service, Swarm, has_ipvs, image_id, overlay};
 use common::*;
 use serde_json::Value;
 

@@ -55,6 +55,8 @@ pub struct AdminApi {
     runtime: Arc<Runtime>,
     /// The TLS certificate table, when hawser has TLS listeners.
     certificates: Option<Arc<CertStore>>,
+    /// The Docker engines' standing, for `/api/engines`.
+    engines: Option<Arc<crate::docker::Fleet>>,
     token: Option<String>,
     guard: Guard,
     listen: std::net::SocketAddr,
@@ -65,10 +67,17 @@ impl AdminApi {
         AdminApi {
             runtime,
             certificates: None,
+            engines: None,
             token: config.token.clone(),
             guard: Guard::new(config.listen, config.token.is_some()),
             listen: config.listen,
         }
+    }
+
+    /// Shows the standing of the engines `fleet` follows in `/api/engines`.
+    pub fn with_engines(mut self, fleet: Arc<crate::docker::Fleet>) -> AdminApi {
+        self.engines = Some(fleet);
+        self
     }
 
     /// Shows the certificates of `store` in `/api/certificates`, the metrics and the page.
@@ -138,6 +147,9 @@ impl AdminApi {
                     .into_bytes(),
             ),
             "/api/certificates" if read => json(StatusCode::OK, &self.certificates_view()),
+            "/api/engines" if read => {
+                json(StatusCode::OK, &self.engines.as_ref().map(|f| f.engines_view()).unwrap_or_default())
+            }
             "/api/services" if read => json(StatusCode::OK, &self.runtime.services_view()),
             "/api/containers" if read => json(StatusCode::OK, &self.runtime.containers_view()),
             "/" if read => (
@@ -151,7 +163,7 @@ impl AdminApi {
                 )
                     .into_bytes(),
             ),
-            "/healthz" | "/metrics" | "/api/services" | "/api/containers" | "/api/certificates" | "/" => {
+            "/healthz" | "/metrics" | "/api/services" | "/api/containers" | "/api/certificates" | "/api/engines" | "/" => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "hawser admin: use GET\n")
             }
             _ => match drain_target(path) {

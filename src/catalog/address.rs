@@ -89,6 +89,7 @@ pub fn effective_mode(
             Err(format!("label {prefix}.address=vip applies to Swarm services only; this is a plain container"))
         }
         // `docker.address: vip` is the Swarm services' default; plain containers keep theirs.
+        (Origin::Container, Some(AddressMode::Vip) | None) if c.published_by_default => Ok(AddressMode::Published),
         (Origin::Container, Some(AddressMode::Vip) | None) => Ok(AddressMode::Container),
         (_, Some(mode)) => Ok(mode),
         (Origin::Task, None) => {

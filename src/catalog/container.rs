@@ -31,6 +31,9 @@ pub struct Container {
     /// `Config.StopSignal` as a number, when the image or `--stop-signal` sets one.
     pub stop_signal: Option<i32>,
     pub origin: Origin,
+    /// Reached by its published ports unless its labels say otherwise: a container of one of
+    /// several engines (`docker.endpoints`), whose bridge IPs another host cannot reach.
+    pub published_by_default: bool,
 }
 
 /// What a [`Container`] stands for.
@@ -67,6 +70,7 @@ impl Container {
             stop_timeout: None,
             stop_signal: None,
             origin: Origin::Container,
+            published_by_default: false,
         }
     }
 }
@@ -245,6 +249,7 @@ impl Container {
             stop_timeout: None,
             stop_signal: None,
             origin: Origin::Container,
+            published_by_default: false,
         }
     }
 

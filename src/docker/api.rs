@@ -25,6 +25,41 @@ pub const MAX_ANSWER: usize = 64 << 20;
 enum Transport {
     Unix { socket: String, client: Client<hyperlocal::UnixConnector, Empty<Bytes>> },
     Http { base: String, client: Client<HttpConnector, Empty<Bytes>> },
+    Https { base: String, client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>> },
+}
+
+/// Verified TLS with a client certificate, as the Docker CLI speaks to a remote engine: the
+/// engine's certificate must chain to `tls.ca` (only), and hawser shows `tls.cert`.
+fn client_tls(tls: &crate::config::EngineTls) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in crate::tls::pem::load_roots(&tls.ca)? {
+        roots.add(root).map_err(|e| format!("{}: unusable root certificate ({e})", tls.ca.display()))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crate::tls::pem::read_bounded(&tls.cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain ({e})", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&crate::tls::pem::read_bounded(&tls.key)?)
+        .map_err(|e| format!("{}: not a PEM private key ({e})", tls.key.display()))?;
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{} and {}: {e}", tls.cert.display(), tls.key.display()))
+}
+
+/// Whether `host:port` (or `[v6]:port`, or a bare host) names a loopback address or
+/// `localhost`.
+pub fn is_loopback_authority(authority: &str) -> bool {
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A client for raw `GET`s to one engine, at one API version.
@@ -36,9 +71,19 @@ pub struct RawApi {
 }
 
 impl RawApi {
-    /// For `endpoint` as [`super::connect`] accepts it (`unix://`, `tcp://`, `http://`).
-    pub fn new(endpoint: &str, version: &str) -> Result<RawApi, String> {
-        let transport = if let Some(path) = endpoint.strip_prefix("unix://") {
+    /// For `engine` as [`super::connect`] accepts it (`unix://`, `tcp://`, `http://`, and
+    /// `tcp://` with TLS client certificates).
+    pub fn new(engine: &super::Engine, version: &str) -> Result<RawApi, String> {
+        let endpoint = engine.endpoint.as_str();
+        let transport = if let Some(tls) = &engine.tls {
+            let rest = endpoint.strip_prefix("tcp://").ok_or_else(|| format!("TLS needs a tcp:// endpoint, not {endpoint}"))?;
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_tls(tls)?)
+                .https_only()
+                .enable_http1()
+                .build();
+            Transport::Https { base: format!("https://{}", rest.trim_end_matches('/')), client: Client::builder(TokioExecutor::new()).build(connector) }
+        } else if let Some(path) = endpoint.strip_prefix("unix://") {
             Transport::Unix {
                 socket: path.to_string(),
                 client: Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
@@ -62,6 +107,10 @@ impl RawApi {
         let sent = match &self.transport {
             Transport::Unix { socket, client } => client.get(hyperlocal::Uri::new(socket, &path).into()),
             Transport::Http { base, client } => {
+                let uri = format!("{base}{path}").parse().map_err(|e| format!("{what}: {e}"))?;
+                client.get(uri)
+            }
+            Transport::Https { base, client } => {
                 let uri = format!("{base}{path}").parse().map_err(|e| format!("{what}: {e}"))?;
                 client.get(uri)
             }
@@ -110,6 +159,18 @@ mod tests {
             "This node is not a swarm manager. Use \\\"docker swarm init\\\" (HTTP 503)"
         );
         assert_eq!(engine_message(500, b"<html>"), "HTTP 500");
-        assert!(RawApi::new("ssh://x", "1.41").is_err());
+        let engine = |e: &str| super::super::Engine { name: None, endpoint: e.into(), tls: None, address_host: None };
+        assert!(RawApi::new(&engine("ssh://x"), "1.41").is_err());
+        assert!(RawApi::new(&engine("unix:///var/run/docker.sock"), "1.41").is_ok());
+    }
+
+    #[test]
+    fn loopback_authorities() {
+        for yes in ["127.0.0.1:2375", "localhost:2375", "[::1]:2375", "127.0.0.2", "LOCALHOST"] {
+            assert!(is_loopback_authority(yes), "{yes}");
+        }
+        for no in ["192.0.2.7:2375", "docker.example:2376", "[2001:db8::1]:2375", "0.0.0.0:2375"] {
+            assert!(!is_loopback_authority(no), "{no}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //!   resync list and the live stream; handling is idempotent, so replays are harmless.
 
 pub mod api;
+pub mod fleet;
 pub mod swarm;
 pub mod swarm_poll;
 
@@ -34,10 +35,11 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{
-    Catalog, Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, Origin, PublishedPort, RunState,
+    Container, DEFAULT_STOP_TIMEOUT, Departure, DockerHealth, Environment, Origin, PublishedPort, RunState,
     signal_number,
 };
-use crate::config::{Config, DockerMode};
+use crate::config::{Config, DockerMode, EngineTls};
+pub use fleet::{Engine, EngineView, Fleet};
 use crate::metrics::metrics;
 use crate::runtime::{Cause, Runtime, unix_nanos};
 
@@ -49,16 +51,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// At start, how long to let the first probes of the listed backends pass before accepting
 /// requests. Bounded so that one broken container cannot hold hawser back.
 const INITIAL_PROBE_WAIT: Duration = Duration::from_secs(2);
+/// At start, how long one engine's first attempt may hold back the others' routes (an
+/// unreachable remote engine can take a connect timeout to say so).
+const INITIAL_ENGINE_WAIT: Duration = Duration::from_secs(5);
 
-/// Follows the Docker engine and keeps the runtime's catalog current. A pingora background
-/// service: it starts after daemonisation and stops with the server.
+/// Follows the Docker engines (one, or `docker.endpoints`) and keeps the runtime's catalog
+/// current: one watcher loop per engine, each with its own event stream, resync and back-off,
+/// all feeding one [`Fleet`]. A pingora background service: it starts after daemonisation and
+/// stops with the server.
 pub struct DockerWatcher {
     config: Arc<Config>,
     runtime: Arc<Runtime>,
+    fleet: Arc<Fleet>,
 }
 
 /// Where the last session left off.
 struct Cursor {
+    engine: Engine,
     containers: BTreeMap<String, Container>,
     env: Environment,
     /// Events at or after this time (ns since the epoch) have not been handled for sure.
@@ -82,25 +91,51 @@ const TASK_LABEL: &str = "com.docker.swarm.task.id";
 const LEAVING_WINDOW: Duration = Duration::from_millis(1500);
 
 impl DockerWatcher {
-    pub fn new(config: Arc<Config>, runtime: Arc<Runtime>) -> Self {
-        DockerWatcher { config, runtime }
+    pub fn new(config: Arc<Config>, runtime: Arc<Runtime>, fleet: Arc<Fleet>) -> Self {
+        DockerWatcher { config, runtime, fleet }
     }
 
-    /// The endpoint in effect: config, else `DOCKER_HOST`, else the local socket.
-    pub fn endpoint(&self) -> String {
-        self.config
-            .docker
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
+    /// The engines to watch: `docker.endpoints`, else one: `docker.endpoint`, else
+    /// `DOCKER_HOST` (with `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` as the Docker CLI reads
+    /// them), else the local socket.
+    pub fn engines(&self) -> Vec<Engine> {
+        if !self.config.docker.endpoints.is_empty() {
+            return self
+                .config
+                .docker
+                .endpoints
+                .iter()
+                .map(|e| Engine { name: Some(e.name.clone()), endpoint: e.endpoint.clone(), tls: e.tls.clone(), address_host: e.address_host })
+                .collect();
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (endpoint, from_env) = match (&self.config.docker.endpoint, env("DOCKER_HOST")) {
+            (Some(e), _) => (e.clone(), false),
+            (None, Some(h)) => (h, true),
+            (None, None) => (DEFAULT_SOCKET.to_string(), false),
+        };
+        // The CLI's rule: DOCKER_TLS_VERIFY set to anything turns tcp:// into verified TLS,
+        // with ca.pem, cert.pem and key.pem from DOCKER_CERT_PATH (default ~/.docker).
+        let tls = (from_env && endpoint.starts_with("tcp://") && env("DOCKER_TLS_VERIFY").is_some()).then(|| {
+            let dir = env("DOCKER_CERT_PATH")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::path::PathBuf::from(env("HOME").unwrap_or_default()).join(".docker"));
+            EngineTls { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+        });
+        vec![Engine { name: None, endpoint, tls, address_host: None }]
     }
 
-    /// Follows Docker forever. `first` is told when the first attempt has either synchronised
-    /// or failed: then hawser knows all it is going to know for now.
-    async fn run(&self, mut first: Option<oneshot::Sender<()>>) {
-        let endpoint = self.endpoint();
+    /// Follows one engine forever. `first` is told when the first attempt has either
+    /// synchronised or failed: then hawser knows all it is going to know of it for now. An
+    /// engine of several that stays lost longer than `docker.endpoint_grace` has its backends
+    /// dropped; they come back with its next successful list.
+    async fn run(&self, engine: Engine, mut first: Option<oneshot::Sender<()>>) {
+        let endpoint = engine.label();
+        let grace = self.config.docker.endpoint_grace;
+        let several = engine.name.is_some();
+        let mut lost_at: Option<tokio::time::Instant> = None;
         let mut cursor = Cursor {
+            engine: engine.clone(),
             containers: BTreeMap::new(),
             env: Environment::default(),
             since_nanos: unix_nanos(),
@@ -110,19 +145,36 @@ impl DockerWatcher {
         };
         let mut backoff = BACKOFF_MIN;
         loop {
-            let result = self.session(&endpoint, &mut cursor, &mut backoff, &mut first).await;
+            let result = self.session(&mut cursor, &mut backoff, &mut first).await;
             if let Some(tx) = first.take() {
                 let _ = tx.send(());
             }
-            self.runtime.set_docker_connected(false);
             cursor.poller = None;
-            match result {
-                Ok(()) => warn!(
-                    "Docker {endpoint}: event stream ended; serving the last known routes, reconnecting in {backoff:?}"
-                ),
-                Err(e) => warn!("Docker {endpoint}: {e}; serving the last known routes, retrying in {backoff:?}"),
+            let now = tokio::time::Instant::now();
+            if result.is_ok() || lost_at.is_none() {
+                lost_at = Some(now);
             }
-            tokio::time::sleep(backoff).await;
+            let error = match &result {
+                Ok(()) => "event stream ended".to_string(),
+                Err(e) => e.clone(),
+            };
+            self.fleet.set_standing(&self.runtime, &engine, false, None, Some(error.clone()));
+            let keeping = if several { format!("keeping its backends for {grace:?} at most") } else { "serving the last known routes".into() };
+            warn!("{endpoint}: {error}; {keeping}, retrying in {backoff:?}");
+            // Sleep, but wake to drop a lost engine's backends on time.
+            let give_up = lost_at.map(|t| t + grace).filter(|_| several && !cursor.containers.is_empty());
+            let wake = now + backoff;
+            match give_up.filter(|at| *at < wake) {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    let cause = Cause { what: format!("{endpoint} lost for {grace:?}"), event_nanos: None };
+                    let dropped = self.fleet.forget(&self.runtime, &self.config, &engine, &cause);
+                    cursor.containers.clear();
+                    warn!("{endpoint}: unreachable for {grace:?} (docker.endpoint_grace): its {dropped} backends and containers are dropped");
+                    tokio::time::sleep_until(wake).await;
+                }
+                None => tokio::time::sleep_until(wake).await,
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             metrics().docker_reconnects.inc();
         }
@@ -131,12 +183,14 @@ impl DockerWatcher {
     /// One connection: subscribe, resynchronise from a full list, then follow events.
     async fn session(
         &self,
-        endpoint: &str,
         cursor: &mut Cursor,
         backoff: &mut Duration,
         first: &mut Option<oneshot::Sender<()>>,
     ) -> Result<(), String> {
-        let docker = connect(endpoint)?
+        let engine = cursor.engine.clone();
+        let endpoint = engine.label();
+        let endpoint = endpoint.as_str();
+        let docker = connect(&engine)?
             .negotiate_version()
             .await
             .map_err(|e| format!("cannot reach the Docker engine: {e}"))?;
@@ -151,13 +205,13 @@ impl DockerWatcher {
 
         let listed_at = unix_nanos();
         cursor.env = own_environment(&docker).await;
-        let swarm = self.reads_swarm(&docker, endpoint).await;
+        let (swarm, swarm_standing) = self.reads_swarm(&docker, endpoint).await;
         // Tasks stay as last read until the manager says otherwise.
         let tasks: Vec<Container> = cursor.containers.values().filter(|c| c.origin != Origin::Container).cloned().collect();
         cursor.containers = self.list(&docker, swarm).await?;
         let (swarm_tx, mut swarm_rx) = mpsc::channel(1);
         if swarm {
-            let api = api::RawApi::new(endpoint, &docker.client_version().to_string())?;
+            let api = api::RawApi::new(&engine, &docker.client_version().to_string())?;
             cursor.containers.extend(tasks.into_iter().map(|c| (c.id.clone(), c)));
             // The first read before hawser says it is ready: it must know the tasks too.
             self.apply_swarm(cursor, swarm_poll::round(&api).await, false);
@@ -166,10 +220,10 @@ impl DockerWatcher {
         // A fresh list knows nothing of stop signals: the replayed `kill` events restart drains.
         cursor.drains.clear();
         cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
-        self.runtime.set_docker_connected(true);
+        self.fleet.set_standing(&self.runtime, &engine, true, Some(swarm_standing), None);
         *backoff = BACKOFF_MIN;
         info!(
-            "Docker {endpoint}: connected (API {}), {} containers listed{}{}",
+            "{endpoint}: connected (API {}), {} containers listed{}{}",
             docker.client_version(),
             cursor.containers.values().filter(|c| c.origin == Origin::Container).count(),
             if swarm {
@@ -204,9 +258,7 @@ impl DockerWatcher {
                 }
                 _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)), if next_deadline.is_some() => {
                     if let Some((cause, ids)) = expire_drains(cursor) {
-                        for id in ids {
-                            self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
-                        }
+                        self.publish(cursor, &ids, &cause);
                     }
                     continue;
                 }
@@ -233,7 +285,7 @@ impl DockerWatcher {
         match self.handle(cursor, event) {
             // One container changed: only what it touches is re-planned.
             Some(Step::Replan(cause, id)) => {
-                self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
+                self.publish(cursor, &[id], &cause);
             }
             Some(Step::Inspect(cause, id)) => {
                 let time = event.time_nano.unwrap_or_else(unix_nanos);
@@ -279,7 +331,7 @@ impl DockerWatcher {
             }
         };
         if changed {
-            self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, cause);
+            self.publish(cursor, std::slice::from_ref(&id), cause);
         }
         let Some((_, mut later)) = inspections.waiting.remove(&id) else { return };
         while let Some(event) = later.pop_front() {
@@ -292,9 +344,14 @@ impl DockerWatcher {
         }
     }
 
+    /// This engine's whole map changed: the catalog is rebuilt.
     fn rebuild(&self, cursor: &Cursor, cause: &Cause) {
-        let catalog = Catalog::build(&self.config, cursor.containers.values(), &cursor.env);
-        self.runtime.apply(catalog, cause);
+        self.fleet.replace(&self.runtime, &self.config, &cursor.engine, &cursor.containers, &cursor.env, cause);
+    }
+
+    /// This engine's containers `ids` changed: only what they touch is re-planned.
+    fn publish(&self, cursor: &Cursor, ids: &[String], cause: &Cause) {
+        self.fleet.update(&self.runtime, &self.config, &cursor.engine, &cursor.containers, &cursor.env, ids, cause);
     }
 
     /// Applies one event to the container map. Returns what routing needs next: a re-plan of
@@ -480,29 +537,35 @@ impl DockerWatcher {
             || self.config.services.values().any(|svc| svc.selector.as_ref().is_some_and(|sel| sel.matches(&labels, image)))
     }
 
-    /// Whether this engine's swarm is read (`docker.mode`): `auto` reads it when the engine is
-    /// a swarm manager; `swarm` always tries, and says why it cannot (a worker, no swarm).
-    async fn reads_swarm(&self, docker: &Docker, endpoint: &str) -> bool {
+    /// Whether this engine's swarm is read (`docker.mode`), and its standing in words for
+    /// `/api/engines`: `auto` reads it when the engine is a swarm manager; `swarm` says why it
+    /// cannot (a worker, no swarm) and routes the engine's plain containers meanwhile.
+    async fn reads_swarm(&self, docker: &Docker, endpoint: &str) -> (bool, String) {
         let mode = self.config.docker.mode;
         if mode == DockerMode::Containers {
-            return false;
+            return (false, "off (docker.mode: containers)".into());
         }
         let swarm = match docker.info().await {
             Ok(info) => info.swarm.unwrap_or_default(),
             Err(e) => {
-                warn!("Docker {endpoint}: cannot ask whether the engine is a swarm manager: {e}");
-                return mode == DockerMode::Swarm;
+                warn!("{endpoint}: cannot ask whether the engine is a swarm manager: {e}");
+                return (false, format!("unknown: {e}"));
             }
         };
         let manager = swarm.control_available.unwrap_or(false);
-        if !manager && mode == DockerMode::Swarm {
-            let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
-            warn!(
-                "Docker {endpoint}: docker.mode is swarm, but this engine is not a swarm manager (swarm state: {state}): \
-                 only its plain containers are routed; point docker.endpoint at a manager"
-            );
+        let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        match (manager, mode) {
+            (true, _) => (true, "manager".into()),
+            (false, DockerMode::Swarm) => {
+                let why = format!("not a swarm manager (swarm state: {state})");
+                warn!(
+                    "{endpoint}: docker.mode is swarm, but this engine is {why}: only its plain containers are \
+                     routed; point the endpoint at a manager"
+                );
+                (false, why)
+            }
+            (false, _) => (false, format!("off (swarm state: {state})")),
         }
-        manager || mode == DockerMode::Swarm
     }
 
     /// Applies one read of the swarm: its tasks replace the last ones. A task that was going
@@ -573,9 +636,8 @@ impl DockerWatcher {
         if changed.len() > 32 {
             self.rebuild(cursor, &cause);
         } else {
-            for (id, _) in changed {
-                self.runtime.update_container(&self.config, &cursor.env, &cursor.containers, &id, &cause);
-            }
+            let ids: Vec<String> = changed.into_iter().map(|(id, _)| id).collect();
+            self.publish(cursor, &ids, &cause);
         }
     }
 }
@@ -587,16 +649,24 @@ impl DockerWatcher {
 #[async_trait]
 impl BackgroundService for DockerWatcher {
     async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
-        let (first_tx, first_rx) = oneshot::channel();
+        let engines = self.engines();
+        let (firsts, watchers): (Vec<_>, Vec<_>) = engines
+            .into_iter()
+            .map(|engine| {
+                let (tx, rx) = oneshot::channel();
+                (rx, self.run(engine, Some(tx)))
+            })
+            .unzip();
         let runtime = Arc::clone(&self.runtime);
         let announce = async move {
-            let _ = first_rx.await;
+            // Every engine's first attempt, but one slow engine holds the others back only so long.
+            let _ = tokio::time::timeout(INITIAL_ENGINE_WAIT, futures_util::future::join_all(firsts)).await;
             runtime.wait_initial_probes(INITIAL_PROBE_WAIT).await;
             ready.notify_ready();
             std::future::pending::<()>().await
         };
         tokio::select! {
-            _ = self.run(Some(first_tx)) => {}
+            _ = futures_util::future::join_all(watchers) => {}
             _ = announce => {}
             _ = shutdown.changed() => info!("Docker watcher: shutting down"),
         }
@@ -677,8 +747,26 @@ fn expire_drains(cursor: &mut Cursor) -> Option<(Cause, Vec<String>)> {
     (!names.is_empty()).then(|| (Cause { what: format!("stop timeout of {}", names.join(", ")), event_nanos: None }, ids))
 }
 
-/// A client for `endpoint` (`unix://…`, `tcp://…`, `http://…`).
-pub fn connect(endpoint: &str) -> Result<Docker, String> {
+/// A client for `engine`: `unix://…`, `http://…`, or `tcp://…` (TLS with client
+/// certificates when the engine has a `tls` block). Plain TCP to an address that is not
+/// loopback is allowed, with a warning: whoever reaches that port owns the engine.
+pub fn connect(engine: &Engine) -> Result<Docker, String> {
+    let endpoint = engine.endpoint.as_str();
+    if let Some(tls) = &engine.tls {
+        let Some(addr) = endpoint.strip_prefix("tcp://") else {
+            return Err(format!("TLS needs a tcp:// endpoint, not {endpoint}"));
+        };
+        return Docker::connect_with_ssl(addr, &tls.key, &tls.cert, &tls.ca, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| format!("cannot use Docker endpoint {endpoint} with TLS: {e}"));
+    }
+    if let Some(host) = endpoint.strip_prefix("tcp://").or_else(|| endpoint.strip_prefix("http://")) {
+        if !api::is_loopback_authority(host) {
+            warn!(
+                "{}: plain TCP to a host that is not loopback: anyone who can reach it controls the engine; use TLS (docker.endpoints[].tls, or DOCKER_TLS_VERIFY)",
+                engine.label()
+            );
+        }
+    }
     let result = if endpoint.starts_with("unix://") {
         Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
     } else if let Some(rest) = endpoint.strip_prefix("tcp://") {
@@ -795,6 +883,7 @@ pub fn container_from_inspect(c: ContainerInspectResponse) -> Option<Container> 
         stop_timeout: config.stop_timeout.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
         stop_signal: config.stop_signal.as_deref().and_then(signal_number),
         origin: Origin::Container,
+        published_by_default: false,
         id,
     })
 }

@@ -328,6 +328,7 @@ pub fn tasks_as_containers(snapshot: &Snapshot, prefix: &str, default_mode: Opti
             stop_timeout: container.stop_grace_period.and_then(|ns| u64::try_from(ns).ok()).map(Duration::from_nanos),
             stop_signal: container.stop_signal.as_deref().and_then(signal_number),
             origin: Origin::Task,
+            published_by_default: false,
         });
     }
     for service in snapshot.services.iter().filter(|s| vip_services.contains(s.id.as_str())) {

@@ -20,8 +20,10 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod grpc;
 pub mod image;
+pub mod load;
 pub mod pebble;
 pub mod python;
 pub mod recorder;
