@@ -34,7 +34,8 @@
 #   5. Stops the load, reads hawser's CPU time (user and system separately, /proc) per
 #      request, then hawser's idle CPU over BENCH_IDLE_SECONDS with BASE tasks and with
 #      BENCH_IDLE_TASKS tasks: the cost of its poll rounds (one a second while nothing moves;
-#      the health checks of the tasks are in it too).
+#      the health checks of the tasks are in it too). user/system from /proc/PID/stat (10 ms
+#      ticks), total from the threads' schedstat (ns).
 #
 # Table (stdout), milliseconds, percentiles by nearest rank over the tasks:
 #   running->first_request       first request to the task - its Status.Timestamp (running)  (goal)
@@ -46,6 +47,8 @@
 #   scale_down->sigterm          the manager's and the node's delay before the stop signal
 # then `removed_before_sigterm=K/N (P %)`, hawser's CPU per request and its idle CPU lines.
 # A request's time is when hawser received it (the access log line's time minus duration_ms).
+# Every request that was not a 2xx (in hawser's log or wrk's count) is a failure, except one
+# that hawser logged with status 0 as wrk was stopped (wrk closes its connections mid-request).
 #
 # Environment (defaults in brackets):
 #   BENCH_BASE_REPLICAS     tasks the service keeps all along [2]
@@ -312,6 +315,7 @@ for ((c = 1; c <= CYCLES; c++)); do
 done
 
 # --- collect ------------------------------------------------------------------------------
+WRK_STOP=$EPOCHREALTIME
 stop_pid "$WRK_PID" INT 5 # wrk prints its summary on SIGINT
 WRK_PID=""
 CPU1=$(proc_cpu_ticks "$HAWSER_PID")
@@ -343,16 +347,19 @@ EVENTS_PID=""
 
 # --- idle CPU: the cost of the poll rounds --------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
+# CPU time of all of hawser's threads in ns (/proc/PID/task/*/schedstat, first field): the
+# 10 ms ticks of /proc/PID/stat are too coarse for an idle process.
+cpu_ns() { cat /proc/"$HAWSER_PID"/task/*/schedstat 2>/dev/null | awk '{n += $1} END {printf "%.0f\n", n}'; } # %d: mawk caps it at 2^31-1
 idle_cpu() { # tasks
-    local a b
-    a=$(proc_cpu_ticks "$HAWSER_PID")
+    local a b na nb
+    a=$(proc_cpu_ticks "$HAWSER_PID") na=$(cpu_ns)
     sleep "$IDLE_SECONDS" # the measurement's length, not a synchronisation
-    b=$(proc_cpu_ticks "$HAWSER_PID")
-    awk -v a="$a" -v b="$b" -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" -v n="$1" 'BEGIN {
+    b=$(proc_cpu_ticks "$HAWSER_PID") nb=$(cpu_ns)
+    awk -v a="$a" -v b="$b" -v na="$na" -v nb="$nb" -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" -v n="$1" 'BEGIN {
         split(a, x, " "); split(b, y, " ")
         u = (y[1] - x[1]) * 1000 / hz; k = (y[2] - x[2]) * 1000 / hz
-        printf "idle_cpu tasks=%d seconds=%d user_ms=%.0f system_ms=%.0f per_second_ms=%.1f (about one poll round a second, health checks included; %.0f ms resolution)\n",
-            n, s, u, k, (u + k) / s, 1000 / hz }'
+        printf "idle_cpu tasks=%d seconds=%d user_ms=%.0f system_ms=%.0f (%.0f ms ticks) total_ms=%.1f per_second_ms=%.2f (one poll round a second, health checks included)\n",
+            n, s, u, k, 1000 / hz, (nb - na) / 1e6, (nb - na) / 1e6 / s }'
 }
 idle_cpu "$BASE" >"$TMP/idle.txt"
 timeout 60 docker service scale -d "$SVC=$IDLE_TASKS" </dev/null >/dev/null 2>&1 || die "docker service scale $SVC=$IDLE_TASKS failed"
@@ -366,6 +373,7 @@ cat >"$TMP/analyse.py" <<'PY'
 import calendar, json, sys
 
 tmp, wrk_bad, dropped, cpu0, cpu1, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+wrk_stop = float(sys.argv[7])
 
 def note(*a):
     print("#", *a, file=sys.stderr)
@@ -397,7 +405,7 @@ def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of 
                                                 int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
     return s + int(ts[20:23]) / 1e3 + 0.0005
 first, last = {}, {}
-requests = failed = retried = 0
+requests = failed = retried = cut = 0
 failures = {}
 for line in open(f"{tmp}/access.jsonl"):
     try:
@@ -405,7 +413,10 @@ for line in open(f"{tmp}/access.jsonl"):
     except ValueError:
         continue
     requests += 1
-    if not 200 <= e["status"] < 300:
+    if e["status"] == 0 and epoch(e["time"]) >= wrk_stop - 0.001:
+        cut += 1  # no answer because wrk closed its connections when it was stopped
+    elif not 200 <= e["status"] < 300:
+        note(f"not 2xx: {line.strip()}")
         failed += 1
         key = (e["status"], e["backend"] or "-")
         failures[key] = failures.get(key, 0) + 1
@@ -467,14 +478,15 @@ if requests:
 for line in open(f"{tmp}/idle.txt"):
     print(line, end="")
 
-note(f"hawser access log: {requests} requests, {failed} not 2xx, {retried} retried; wrk: {wrk_bad} non-2xx or socket errors")
+note(f"hawser access log: {requests} requests, {failed} not 2xx, {retried} retried, {cut} cut short when wrk was stopped; "
+     f"wrk: {wrk_bad} non-2xx or socket errors")
 for (status, b), k in sorted(failures.items(), key=lambda kv: -kv[1])[:10]:
     note(f"  {k} x status {status} (backend {b})")
 if never:
     note(f"{len(never)} new task(s) never got a request: {' '.join(t['name'] for t in never)}")
 sys.exit(3 if failed or wrk_bad or never or dropped else 0)
 PY
-python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" "$CPU0" "$CPU1" "$CLK_TCK" || {
+python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" "$CPU0" "$CPU1" "$CLK_TCK" "$WRK_STOP" || {
     rc=$?
     ((rc == 3)) || die "the analysis failed"
     exit 3
