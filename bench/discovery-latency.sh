@@ -4,6 +4,8 @@
 #
 #   bench/discovery-latency.sh                                  # 60 + 3 x 20 containers, ~80 s
 #   BENCH_SEQUENTIAL=6 BENCH_BURSTS=1 BENCH_BURST_SIZE=4 bench/discovery-latency.sh   # quick look
+#   bench/discovery-latency.sh swarm       # Swarm tasks instead (or BENCH_MODE=swarm): see
+#                                          # bench/discovery-latency-swarm.sh, which it runs
 #
 # Goals (reported, not pass/fail): start -> routed p99 <= 50 ms after the container listens
 # (readiness gating on); stop -> no new requests later than 10 ms after the `kill` event.
@@ -92,6 +94,14 @@
 # failed, a container was never routed or hawser dropped access log lines; 1 on any other
 # failure; 2 on bad settings.
 set -euo pipefail
+
+# Swarm mode: tasks of a service scaled up and down, through a host-run hawser. Another flow
+# and other figures (poll-bound, not event-bound): its own script.
+case "${1:-${BENCH_MODE:-containers}}" in
+    containers) ;;
+    swarm) exec "$(dirname "${BASH_SOURCE[0]}")/discovery-latency-swarm.sh" ;;
+    *) echo "usage: $0 [containers|swarm] (or BENCH_MODE=containers|swarm)" >&2; exit 2 ;;
+esac
 
 SEQUENTIAL=${BENCH_SEQUENTIAL:-60}
 BURSTS=${BENCH_BURSTS:-3}

@@ -50,6 +50,16 @@
 #   proc_cpu_ticks PID...   "USER SYSTEM": utime and stime (/proc/PID/stat, in 1/CLK_TCK)
 #                           summed over the pids; dies when one is gone
 #   machine_facts           CPU model, CPU count, kernel and load average, one "key: value" a line
+#   bench_swarm_join        makes the engine a single-node swarm manager (`docker swarm init
+#                           --advertise-addr 127.0.0.1`) unless it is in a swarm already; sets
+#                           SWARM_CREATED=1 first when it inits one; dies on a worker node
+#   bench_swarm_leave       only when SWARM_CREATED=1: `docker swarm leave --force` and the
+#                           docker_gwbridge network that leaving leaves behind
+#   bench_service_rm NAME...     `docker service rm`, then waits (at most 30 s) until no
+#                           container of this run (label $RUN_LABEL=$RUN_ID) is left, so that
+#                           bench_remove_docker can remove the network and image next
+#   bench_image_id          the id (sha256:...) of $IMAGE: services are created from the id,
+#                           as a node skips the registry pull only for an id
 
 # shellcheck disable=SC2034 # the callers use them
 bench_names() {
@@ -330,6 +340,43 @@ machine_facts() {
     echo "CPUs (nproc): $(nproc)"
     echo "kernel: $(uname -srm)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+bench_swarm_join() {
+    local state manager
+    state=$(docker info -f '{{.Swarm.LocalNodeState}}' </dev/null) || die "docker info failed"
+    if [[ $state == inactive ]]; then
+        # shellcheck disable=SC2034 # read by bench_swarm_leave
+        SWARM_CREATED=1
+        docker swarm init --advertise-addr 127.0.0.1 </dev/null >/dev/null || die "docker swarm init failed"
+        note "single-node swarm created (left again on exit)"
+    else
+        note "the engine is in a swarm already (state $state): using it, leaving it as it is"
+    fi
+    manager=$(docker info -f '{{.Swarm.ControlAvailable}}' </dev/null)
+    [[ $manager == true ]] || die "this engine is not a swarm manager (swarm state $state)"
+}
+
+bench_swarm_leave() {
+    ((${SWARM_CREATED:-0})) || return 0
+    docker swarm leave --force </dev/null >/dev/null 2>&1
+    docker network rm docker_gwbridge </dev/null >/dev/null 2>&1
+    SWARM_CREATED=0
+    return 0
+}
+
+bench_service_rm() {
+    local t0=$EPOCHREALTIME
+    (($#)) || return 0
+    docker service rm "$@" </dev/null >/dev/null 2>&1
+    while [[ -n $(docker ps -aq --filter "label=${RUN_LABEL}=${RUN_ID}" </dev/null 2>/dev/null) ]]; do
+        (($(ms_since "$t0") < 30000)) || { note "containers of services $* still there after 30 s"; return 0; }
+        sleep 0.2
+    done
+}
+
+bench_image_id() {
+    docker image inspect -f '{{.Id}}' "$IMAGE" </dev/null || die "docker image inspect $IMAGE failed"
 }
 
 # The cleanup of a bench that runs hawser and nginx side by side (tls-vs-nginx, grpc-vs-nginx),

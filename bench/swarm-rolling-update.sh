@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# Swarm rolling updates under load: continuous HTTP load (wrk) through a host-run hawser
+# against the tasks of a Swarm service (the test backend, tests/support/backend.rs, in a
+# FROM-scratch image), while Swarm replaces them or one is killed. The Swarm counterpart of
+# bench/rolling-restart.sh; prints one result line per variant in its format:
+#
+#   variant=<name> requests=<n> non2xx=<n> errors=<n>
+#
+# Variants (each on a fresh service of BENCH_REPLICAS tasks, removed afterwards):
+#   stop-first   swarm-stop-first   docker service update --force --update-order stop-first
+#                                   --update-parallelism 1: Swarm stops an old task, then
+#                                   starts its replacement, one task after the other
+#   start-first  swarm-start-first  the same with --update-order start-first: the new task
+#                                   runs before the old one is stopped
+#   kill         swarm-kill         docker kill (SIGKILL) of one task's container mid-load;
+#                                   Swarm starts a replacement
+# The tasks exit at once on SIGTERM (BENCH_SIGTERM_DELAY_MS=0): a request hawser sends after
+# the stop signal fails. hawser must stop choosing a task when the manager marks it for
+# shutdown (its poll) or at its container's `kill` event, whichever it sees first.
+#
+# Goal: non2xx=0 and errors=0 in every variant. wrk's counts are reported as they are: no
+# client-side retries. Exit status: 0 when every variant met the goal, 3 when one did not,
+# 1 on any other failure, 2 on bad arguments.
+#
+# The swarm: a single-node one (`docker swarm init --advertise-addr 127.0.0.1`) unless the
+# engine is in a swarm already; a swarm the script made it leaves again on exit (and removes
+# the docker_gwbridge network that leaving leaves behind). Services are created from the
+# image's id (no registry here; a node skips the pull only for an id), endpoint mode dnsrr,
+# `--publish mode=host,target=80`: the host cannot reach overlay IPs, so hawser routes to
+# 127.0.0.1:<published port> of each task.
+#
+# Everything the script creates (services, their containers, image tag, hawser process, temp
+# files, the swarm when it made it) carries a unique run id and is removed on every exit
+# (also Ctrl-C and failure). hawser runs with RUST_LOG=info,hawser=debug; its log is kept and
+# its path printed. Context lines start with '#'.
+set -euo pipefail
+
+usage() {
+    cat <<EOF
+usage: $0 [-h] [stop-first|start-first|kill ...]
+
+Runs the chosen variants (default: all three) under wrk load through hawser and prints
+  variant=<name> requests=<n> non2xx=<n> errors=<n>
+per variant; other lines start with '#'. Exit status 3 when a variant saw non-2xx
+answers or socket errors.
+
+Environment (defaults in brackets):
+  BENCH_REPLICAS          tasks of the service [3]
+  BENCH_DURATION          wrk duration of the update variants, seconds [25]
+  BENCH_KILL_DURATION     wrk duration of the kill variant, seconds [20]
+  BENCH_KILL_AT           seconds into the load at which a task is killed [5]
+                          (Swarm restarts it after its restart delay, 5 s)
+  BENCH_WARMUP            seconds of load before the update [3]
+  BENCH_SIGTERM_DELAY_MS  how long the tasks keep serving after SIGTERM [0: they exit at once]
+  BENCH_THREADS           wrk -t [1]
+  BENCH_CONNECTIONS       wrk -c [32]
+  BENCH_WRK_TIMEOUT       wrk --timeout (slower responses count as timeout errors) [2s]
+  BENCH_ROUTE_TIMEOUT     longest wait for tasks to run or be ready, and for the update, s [60]
+  BENCH_HEALTH_INTERVAL   hawser health_check.interval [1s]
+  HAWSER_BIN              use this hawser binary instead of 'cargo build --release'
+  RUST_LOG                hawser's log filter [info,hawser=debug]
+EOF
+}
+
+VARIANTS=()
+for arg in "$@"; do
+    case "$arg" in
+        -h | --help) usage; exit 0 ;;
+        stop-first | start-first | kill) VARIANTS+=("$arg") ;;
+        *) echo "$0: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+((${#VARIANTS[@]})) || VARIANTS=(stop-first start-first kill)
+
+REPLICAS=${BENCH_REPLICAS:-3}
+DURATION=${BENCH_DURATION:-25}
+KILL_DURATION=${BENCH_KILL_DURATION:-20}
+KILL_AT=${BENCH_KILL_AT:-5}
+WARMUP=${BENCH_WARMUP:-3}
+SIGTERM_DELAY_MS=${BENCH_SIGTERM_DELAY_MS:-0}
+THREADS=${BENCH_THREADS:-1}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-2s}
+ROUTE_TIMEOUT=${BENCH_ROUTE_TIMEOUT:-60}
+HEALTH_INTERVAL=${BENCH_HEALTH_INTERVAL:-1s}
+HOST_HEADER=bench.test
+
+for v in REPLICAS DURATION KILL_DURATION KILL_AT WARMUP SIGTERM_DELAY_MS THREADS CONNECTIONS ROUTE_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$0: $v must be a whole number, got '${!v}'" >&2; exit 2; }
+done
+((KILL_AT < KILL_DURATION)) || { echo "$0: BENCH_KILL_AT must be below BENCH_KILL_DURATION" >&2; exit 2; }
+((REPLICAS >= 2)) || { echo "$0: BENCH_REPLICAS must be >= 2" >&2; exit 2; }
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T_START=$EPOCHREALTIME
+
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
+
+# --- cleanup ------------------------------------------------------------------------------
+bench_names sru
+TMP=""
+HAWSER_PID=""
+WRK_PID=""
+HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
+NET_CREATED=0
+IMAGE_BUILT=0
+SWARM_CREATED=0
+SVC=""
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
+    [[ -n "$SVC" ]] && bench_service_rm "$SVC"
+    bench_remove_docker
+    bench_swarm_leave
+    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
+    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
+    [[ -n "$TMP" ]] && rm -rf "$TMP"
+    if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
+        echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
+        tail -n 40 "$HAWSER_LOG" >&2
+    fi
+    [[ -e "$HAWSER_LOG" ]] && note "hawser log kept: $HAWSER_LOG"
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
+bench_traps
+
+# --- prerequisites ------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+bench_build_needs
+bench_apt_install "${need[@]}"
+command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
+docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
+command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
+bench_hawser_binary
+bench_backend_image
+IMAGE_ID=$(bench_image_id)
+bench_swarm_join
+note "hawser label prefix $PREFIX"
+
+# --- hawser -------------------------------------------------------------------------------
+http_status() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
+}
+
+start_hawser() {
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        free_port PORT
+        free_port ADMIN_PORT
+        cat >"$TMP/hawser.yaml" <<EOF
+listen: ["127.0.0.1:$PORT"]
+admin: {listen: "127.0.0.1:$ADMIN_PORT"}
+docker:
+  label_prefix: $PREFIX
+  exposed_by_default: false
+  mode: swarm
+health_check:
+  type: http
+  path: /healthz
+  interval: $HEALTH_INTERVAL
+  timeout: 1s
+  rise: 2
+  fall: 2
+EOF
+        { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
+        "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
+            || die "hawser refused the generated configuration (see $HAWSER_LOG)"
+        RUST_LOG=${RUST_LOG:-info,hawser=debug} "$HAWSER" -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 </dev/null &
+        HAWSER_PID=$!
+        local t0=$EPOCHREALTIME code
+        while (($(ms_since "$t0") < 15000)); do
+            if ! kill -0 "$HAWSER_PID" 2>/dev/null; then
+                wait "$HAWSER_PID" 2>/dev/null || true
+                HAWSER_PID=""
+                if grep -qi 'in use' "$HAWSER_LOG"; then
+                    note "port $PORT taken meanwhile, trying another"
+                    continue 2
+                fi
+                die "hawser exited at start (log: $HAWSER_LOG)"
+            fi
+            code=$(http_status)
+            if [[ $code != 000 ]]; then
+                note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT answers ($code with no service yet), log $HAWSER_LOG"
+                return 0
+            fi
+            sleep 0.1
+        done
+        die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
+    done
+    die "found no free port for hawser"
+}
+PORT=0
+start_hawser
+
+# --- helpers for a variant ----------------------------------------------------------------
+# The admin API's backends of $SVC, one "name state" line each, sorted.
+backend_states() {
+    curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/services" 2>/dev/null \
+        | tr ',{}' '\n' | awk -F'"' '
+            $2 == "container_name" { name = $4 }
+            $2 == "state" && name != "" { print name, $4; name = "" }' | grep -F "$SVC." | sort || true
+}
+
+# Waits until hawser has exactly BENCH_REPLICAS backends of $SVC, SVC.1 .. SVC.N, all ready.
+wait_all_ready() { # what
+    local t0=$EPOCHREALTIME want have i
+    want=$(for ((i = 1; i <= REPLICAS; i++)); do echo "$SVC.$i ready"; done | sort)
+    while :; do
+        kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited (log: $HAWSER_LOG)"
+        have=$(backend_states)
+        [[ $have != "$want" ]] || return 0
+        if (($(ms_since "$t0") > ROUTE_TIMEOUT * 1000)); then
+            docker service ps --no-trunc "$SVC" 2>&1 | sed 's/^/#   /' >&2
+            die "variant $VARIANT, $1: hawser's backends are '$(tr '\n' ' ' <<<"$have")' after ${ROUTE_TIMEOUT} s (log: $HAWSER_LOG)"
+        fi
+        sleep 0.05
+    done
+}
+
+# The service's update state (updating, completed, paused, rollback_*), empty before any.
+update_state() { docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$SVC" </dev/null 2>/dev/null; }
+
+create_service() {
+    local t=$EPOCHREALTIME
+    SVC="${PREFIX}-${VARIANT}"
+    timeout 60 docker service create -d -q --name "$SVC" \
+        --label "${RUN_LABEL}=${RUN_ID}" --container-label "${RUN_LABEL}=${RUN_ID}" \
+        --label "${PREFIX}.enable=true" --label "${PREFIX}.host=${HOST_HEADER}" \
+        --endpoint-mode dnsrr --publish mode=host,target=80 --replicas "$REPLICAS" \
+        --update-parallelism 1 --update-delay 0s --stop-grace-period 10s \
+        -e "SIGTERM_DELAY_MS=$SIGTERM_DELAY_MS" \
+        "$IMAGE_ID" </dev/null >/dev/null 2>"$TMP/service.err" \
+        || { cat "$TMP/service.err" >&2; die "docker service create $SVC failed"; }
+    wait_all_ready "service create"
+    note "service $SVC: $REPLICAS tasks ready in hawser ($(secs_since "$t") s)"
+}
+
+remove_service() {
+    bench_service_rm "$SVC"
+    SVC=""
+}
+
+start_load() { # duration
+    WRK_OUT="$TMP/wrk-$VARIANT.out"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout "$WRK_TIMEOUT" --latency \
+        -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" >"$WRK_OUT" 2>&1 </dev/null &
+    WRK_PID=$!
+    LOAD_T0=$EPOCHREALTIME
+    note "wrk -t$THREADS -c$CONNECTIONS -d${1}s --timeout $WRK_TIMEOUT (pid $WRK_PID)"
+}
+
+at() { note "$(printf '%7s' "+$(secs_since "$LOAD_T0")s") $*"; }
+
+load_running() { kill -0 "$WRK_PID" 2>/dev/null; }
+
+MISSED=()
+# Waits for wrk, then prints the result line and context.
+finish_load() { # variant-name
+    local name=$1 rc=0
+    load_running || note "WARNING: the load ended before the sequence finished; raise the duration"
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    ((rc == 0)) || { cat "$WRK_OUT" >&2; die "wrk exited with status $rc"; }
+    local out requests non2xx errors
+    out=$(cat "$WRK_OUT")
+    requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
+    [[ -n "$requests" ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
+    non2xx=$(sed -nE 's/^ *Non-2xx or 3xx responses: *([0-9]+).*/\1/p' <<<"$out")
+    non2xx=${non2xx:-0}
+    errors=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
+    errors=$((${errors:-0}))
+    echo "$out" | grep -E '^ +Latency |requests in|Socket errors|Non-2xx|Requests/sec' \
+        | sed -E 's/^ +/  /; s/^/# wrk: /' >&2
+    echo "$out" | grep -E '^ +(50|99)%' | sed -E 's/^ +//' | paste -sd' ' | sed 's/^/# wrk latency percentiles: /' >&2
+    echo "variant=$name requests=$requests non2xx=$non2xx errors=$errors"
+    ((non2xx == 0 && errors == 0)) || MISSED+=("$name")
+}
+
+# --- variants -----------------------------------------------------------------------------
+variant_update() { # order
+    VARIANT=$1
+    local name="swarm-$1" t state vt0=$EPOCHREALTIME
+    note "=== variant $name"
+    create_service
+    start_load "$DURATION"
+    sleep "$WARMUP" # load before the update: pacing, not synchronisation
+    t=$EPOCHREALTIME
+    timeout 60 docker service update -d -q --force --update-order "$1" "$SVC" </dev/null >/dev/null \
+        || die "docker service update $SVC failed"
+    at "docker service update --force --update-order $1 returned ($(secs_since "$t") s)"
+    while state=$(update_state) && [[ $state != completed ]]; do
+        [[ $state != paused && $state != rollback_* ]] || die "variant $name: the update is $state"
+        (($(ms_since "$t") < ROUTE_TIMEOUT * 1000)) || die "variant $name: the update not completed after ${ROUTE_TIMEOUT} s (state '$state')"
+        load_running || break
+        sleep 0.1
+    done
+    at "update ${state:-not started} ($(secs_since "$t") s)"
+    wait_all_ready "after the update"
+    at "all $REPLICAS new tasks ready in hawser ($(secs_since "$t") s after the update began); waiting for wrk"
+    finish_load "$name"
+    note "hawser's log on $SVC: $(grep -F "$SVC." "$HAWSER_LOG" | grep -c 'leaving: its task is being shut down' || true) tasks marked leaving by a poll, $(grep -F "$SVC." "$HAWSER_LOG" | grep -c 'Draining (signal' || true) draining by their kill event"
+    remove_service
+    note "variant $name took $(secs_since "$vt0") s"
+}
+
+variant_kill() {
+    VARIANT=kill
+    local name=swarm-kill t victim vt0=$EPOCHREALTIME
+    note "=== variant $name"
+    create_service
+    start_load "$KILL_DURATION"
+    sleep "$KILL_AT" # pacing
+    victim=$(docker ps -q --filter "label=com.docker.swarm.service.name=$SVC" </dev/null | head -n1)
+    [[ -n $victim ]] || die "variant $name: no task container of $SVC"
+    t=$EPOCHREALTIME
+    load_running && docker kill "$victim" >/dev/null </dev/null
+    at "docker kill $victim returned ($(secs_since "$t") s)"
+    # The replacement's container running (the names stay: it takes the killed task's slot).
+    while [[ $(docker ps -q --filter "label=com.docker.swarm.service.name=$SVC" </dev/null | grep -vc "^$victim" || true) != "$REPLICAS" ]]; do
+        (($(ms_since "$t") < ROUTE_TIMEOUT * 1000)) || die "variant $name: no replacement task running after ${ROUTE_TIMEOUT} s"
+        sleep 0.1
+    done
+    wait_all_ready "after the kill"
+    at "the replacement task ready in hawser ($(secs_since "$t") s after the kill); waiting for wrk"
+    finish_load "$name"
+    remove_service
+    note "variant $name took $(secs_since "$vt0") s"
+}
+
+for v in "${VARIANTS[@]}"; do
+    case "$v" in
+        stop-first | start-first) variant_update "$v" ;;
+        kill) variant_kill ;;
+    esac
+done
+
+# Context from hawser's log: its warnings and errors, grouped (addresses, task names and
+# timestamps blanked), most frequent first.
+summary=$(grep -E '^\[[^ ]+ +(WARN|ERROR) ' "$HAWSER_LOG" \
+    | sed -E 's/^\[[^ ]+ +//; s/[0-9]+(\.[0-9]+){3}(:[0-9]+)?/<addr>/g; s/'"$PREFIX"'-[a-z-]+\.[0-9]+/<task>/g' \
+    | sort | uniq -c | sort -rn || true)
+if [[ -n "$summary" ]]; then
+    note "hawser warnings/errors by kind (count, message):"
+    awk 'NR <= 12 { print "#  " substr($0, 1, 300) }' <<<"$summary" >&2
+fi
+if ((${#MISSED[@]})); then
+    echo "goal missed (non-2xx or errors) in: ${MISSED[*]}" >&2
+    exit 3
+fi
