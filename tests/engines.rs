@@ -105,32 +105,37 @@ fn two_engines_one_service_and_a_lost_engine_ages_out() {
     assert_eq!(engine(&h, "local")["connected"], true);
 
     // The second engine's daemon dies mid-load (its userland proxy with it): no request fails.
-    let load = Load::start(h.addr, HOST, 4);
-    std::thread::sleep(Duration::from_millis(300));
-    let killed = Instant::now();
-    second.kill();
-    wait_for(&h, "the second engine seen as lost", SECS_10, || (engine(&h, "second")["connected"] == false).then_some(()));
-    // Kept for endpoint_grace (3 s), with its health checks: still listed, out of rotation.
-    let listed = backends(&h);
-    assert!(
-        listed.iter().any(|(n, _)| n == &format!("second/{remote}")) || killed.elapsed() >= Duration::from_secs(3),
-        "dropped before docker.endpoint_grace: {listed:?}"
-    );
-    wait_for(&h, "the lost engine's backend dropped", SECS_10, || {
-        (backends(&h) == both[..1].to_vec()).then_some(())
-    });
-    assert!(killed.elapsed() >= Duration::from_secs(3), "dropped after {:?}, before docker.endpoint_grace", killed.elapsed());
-    let out = load.stop();
-    eprintln!("second engine killed: {} answered, {} failed", out.ok, out.failed);
-    assert!(out.ok > 100, "{out:?}");
-    assert_eq!(out.failed, 0, "{out:?}\nhawser log:\n{}", h.log());
-    assert!(engine(&h, "second")["error"].as_str().is_some_and(|e| !e.is_empty()));
+    lose_second_engine(&h, &mut second, &remote, &both);
 
     // Back: hawser lists it again (its container was stopped with the old daemon: start it).
     second.start();
     second.docker(&["start", &remote]);
     wait_for(&h, "the second engine's backend back", SECS_30, || (backends(&h) == both).then_some(()));
     assert_eq!(engine(&h, "second")["connected"], true);
+    // Lost a second time: the grace is counted from this loss, not the first.
+    lose_second_engine(&h, &mut second, &remote, &both);
+}
+
+/// SIGKILLs the second engine's dockerd under load and checks: no failed request, its backend
+/// out of rotation but kept for endpoint_grace (3 s), then dropped.
+fn lose_second_engine(h: &Hawser, second: &mut SecondEngine, remote: &str, both: &[(String, String)]) {
+    let load = Load::start(h.addr, HOST, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    second.kill();
+    wait_for(h, "the second engine seen as lost", SECS_10, || (engine(h, "second")["connected"] == false).then_some(()));
+    let name = format!("second/{remote}");
+    // Kept with its health checks: seen out of rotation before it is dropped.
+    wait_for(h, "the lost engine's backend out of rotation, still listed", SECS_10, || {
+        backends(h).iter().any(|(n, state)| n == &name && state != "ready").then_some(())
+    });
+    wait_for(h, "the lost engine's backend dropped", SECS_10, || (backends(h) == both[..1].to_vec()).then_some(()));
+    assert!(killed.elapsed() >= Duration::from_secs(3), "dropped after {:?}, before docker.endpoint_grace", killed.elapsed());
+    let out = load.stop();
+    eprintln!("second engine killed: {} answered, {} failed", out.ok, out.failed);
+    assert!(out.ok > 100, "{out:?}");
+    assert_eq!(out.failed, 0, "{out:?}\nhawser log:\n{}", h.log());
+    assert!(engine(h, "second")["error"].as_str().is_some_and(|e| !e.is_empty()));
 }
 
 const SECS_30: Duration = Duration::from_secs(30);
@@ -157,6 +162,7 @@ fn docker_host_tls_verify_and_cert_path_as_the_cli_reads_them() {
     let swarm = engines[0]["swarm"].as_str().unwrap_or_default().to_string();
     assert!(swarm.contains("not a swarm manager"), "{engines}");
     assert_eq!(engines[0]["endpoint"], second.tcp.as_str());
+    h.wait_ready(SECS_10);
     assert_eq!(h.get(HOST, "/").unwrap().status, 200);
 
     // Without the client certificate the engine refuses hawser, and hawser says why.

@@ -266,3 +266,66 @@ fn vip_needs_ipvs() {
         (r.status == 200).then_some(())
     });
 }
+
+/// hawser itself as a Swarm service on a manager: `conf/swarm-stack.yml`, deployed as it is
+/// (`docker stack deploy`), with image ids built here in its variables. hawser finds its own
+/// task container, so its overlay, and routes the app's three tasks there by their IPs.
+#[test]
+fn the_stack_file_deploys_hawser_as_a_swarm_service() {
+    use std::os::unix::fs::MetadataExt;
+    let _swarm = Swarm::join();
+    let env = TestEnv::new("swarm-stack");
+    let stack = Stack(format!("hst{}", env.id.replace('-', "")));
+    let gid = std::fs::metadata("/var/run/docker.sock").expect("the Docker socket").gid().to_string();
+    let port = free_port().to_string();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/swarm-stack.yml");
+    let out = std::process::Command::new("docker")
+        .args(["stack", "deploy", "--resolve-image", "never", "-c", file, &stack.0])
+        .env("HAWSER_IMAGE", image_id(&common::image::hawser_image()))
+        .env("APP_IMAGE", image_id(&backend_image()))
+        .env("DOCKER_GID", &gid)
+        .env("HAWSER_PORT", &port)
+        .output()
+        .expect("docker stack deploy");
+    assert!(out.status.success(), "docker stack deploy: {}", String::from_utf8_lossy(&out.stderr));
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let logs = || docker_ok(&["service", "logs", "--raw", &format!("{}_hawser", stack.0)]).unwrap_or_default();
+    let start = std::time::Instant::now();
+    let seen = loop {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            if let Ok(r) = get(proxy, "whoami.example.com", "/") {
+                if r.status == 200 {
+                    seen.insert(r.backend().unwrap_or_default().to_string());
+                }
+            }
+        }
+        if seen.len() == 3 {
+            break seen;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            panic!("the stack's hawser did not route the app's 3 tasks (saw {seen:?}); its log:\n{}", logs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+/// A deployed stack; `docker stack rm` when dropped, then waits until its containers are gone.
+struct Stack(String);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = docker_ok(&["stack", "rm", &self.0]);
+        let filter = format!("label=com.docker.stack.namespace={}", self.0);
+        let start = std::time::Instant::now();
+        while !docker(&["ps", "-aq", "--filter", &filter]).trim().is_empty() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The stack's network goes once its containers have.
+        while !docker(&["network", "ls", "-q", "--filter", &filter]).trim().is_empty() && start.elapsed() < Duration::from_secs(40) {
+            let _ = docker_ok(&["network", "rm", &format!("{}_web", self.0)]);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

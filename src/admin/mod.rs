@@ -220,7 +220,8 @@ impl ServeHttp for AdminApi {
 fn drain_target(path: &str) -> Option<(String, bool)> {
     let rest = path.strip_prefix("/api/backends/")?;
     let (who, action) = rest.rsplit_once('/')?;
-    if who.is_empty() || who.contains('/') {
+    // One `/` inside is an engine-qualified name (`ENGINE/NAME`, several engines).
+    if who.is_empty() || who.matches('/').count() > 1 || who.starts_with('/') || who.ends_with('/') {
         return None;
     }
     let who = percent_decode(who)?;
@@ -273,7 +274,8 @@ mod tests {
         assert_eq!(drain_target("/api/backends/0123abcd/undrain"), Some(("0123abcd".into(), false)));
         assert_eq!(drain_target("/api/backends/a%2Fb/drain"), Some(("a/b".into(), true)));
         assert_eq!(drain_target("/api/backends//drain"), None);
-        assert_eq!(drain_target("/api/backends/x/y/drain"), None);
+        assert_eq!(drain_target("/api/backends/web2/api-1/drain"), Some(("web2/api-1".into(), true)), "an engine-qualified name");
+        assert_eq!(drain_target("/api/backends/x/y/z/drain"), None);
         assert_eq!(drain_target("/api/backends/x/stop"), None);
     }
 

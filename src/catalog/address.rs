@@ -146,7 +146,7 @@ pub fn choose_address(
     if let Some(other) = c.network_mode.strip_prefix("container:") {
         return Err(format!(
             "shares the network of container {}: route that container instead",
-            &other[..other.len().min(12)]
+            other.get(..12).unwrap_or(other)
         ));
     }
     if c.origin == Origin::ServiceVip && c.networks.is_empty() {
@@ -218,6 +218,8 @@ fn published_address(c: &Container, port: u16) -> Result<SocketAddr, String> {
             }
         })?;
     let ip = match binding.host_ip {
+        // A task's port is bound on its node: an unknown node address is no address here.
+        None if c.origin == Origin::Task => return Err("its node's address is unknown to the swarm manager".into()),
         None | Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(IpAddr::V6(v6)) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         Some(ip) => ip,

@@ -125,6 +125,24 @@ fn validate_engine_name(name: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("invalid engine name {name:?}: use 1-64 letters, digits, '_' or '-'")) }
 }
 
+/// The host of a TCP endpoint that is not this machine: its IP, or (as an error) its name.
+/// `None` for Unix sockets and loopback.
+fn remote_host(endpoint: &str) -> Option<Result<IpAddr, String>> {
+    let rest = endpoint.strip_prefix("tcp://").or_else(|| endpoint.strip_prefix("http://"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => None,
+        Ok(ip) => Some(Ok(ip)),
+        Err(_) if host.eq_ignore_ascii_case("localhost") => None,
+        Err(_) => Some(Err(host.to_string())),
+    }
+}
+
 pub(super) fn docker_config(s: DockerSection, err: &dyn Fn(&str, String, Option<&Location>) -> ConfigError) -> Result<DockerConfig, ConfigError> {
     let mut endpoints = Vec::new();
     if let Some(list) = &s.endpoints {
@@ -159,10 +177,22 @@ pub(super) fn docker_config(s: DockerSection, err: &dyn Fn(&str, String, Option<
                 }
             };
             let address_host = match &e.address_host {
-                None => None,
                 Some(h) => Some(h.trim().parse::<IpAddr>().map_err(|_| {
                     err(&format!("{key}.address_host"), format!("{h:?}: expected the engine host's IP address"), at)
                 })?),
+                // A remote engine's containers are reached at its host: its IP, when the
+                // endpoint names one; a name must be given as an IP here.
+                None => match remote_host(&e.endpoint.0) {
+                    None => None,
+                    Some(Ok(ip)) => Some(ip),
+                    Some(Err(host)) => {
+                        return Err(err(
+                            &format!("{key}.address_host"),
+                            format!("engine {:?} is on host {host:?}: set address_host to its IP address, where its published ports are reached", e.name),
+                            at,
+                        ));
+                    }
+                },
             };
             endpoints.push(EngineConfig { name: e.name.clone(), endpoint: e.endpoint.0.clone(), tls, address_host });
         }
@@ -207,6 +237,11 @@ mod tests {
         .unwrap();
         assert_eq!(d.endpoints.len(), 2);
         assert_eq!(d.endpoints[1].address_host, Some("192.0.2.7".parse().unwrap()));
+        let d = load("docker:\n  endpoints:\n    - {name: a, endpoint: \"tcp://192.0.2.8:2376\"}\n    - {name: b, endpoint: \"tcp://127.0.0.1:2375\"}\n").unwrap();
+        assert_eq!(d.endpoints[0].address_host, Some("192.0.2.8".parse().unwrap()), "the endpoint's IP by default");
+        assert_eq!(d.endpoints[1].address_host, None, "loopback: as Docker bound it");
+        let e = load("docker:\n  endpoints:\n    - {name: a, endpoint: \"tcp://docker.example:2376\"}\n").unwrap_err();
+        assert_eq!(e.key, "docker.endpoints[0].address_host", "{e}");
         assert_eq!(d.endpoints[0].tls, None);
         let err = |yaml: &str| load(yaml).unwrap_err();
         let e = err("docker:\n  endpoint: \"unix:///a\"\n  endpoints:\n    - {name: a, endpoint: \"unix:///a\"}\n");

@@ -64,9 +64,11 @@ impl Engine {
         v.name = format!("{name}/{}", c.name);
         if c.origin == Origin::Container {
             v.published_by_default = true;
-            if let Some(host) = self.address_host {
+            if let Some(host) = self.address_host.filter(|h| !h.is_loopback()) {
+                // A port bound to the engine host's loopback cannot be reached from here.
+                v.published.retain(|p| !p.host_ip.is_some_and(|ip| ip.is_loopback()));
                 for p in &mut v.published {
-                    if p.host_ip.is_none_or(|ip| ip.is_unspecified() || ip.is_loopback()) {
+                    if p.host_ip.is_none_or(|ip| ip.is_unspecified()) {
                         p.host_ip = Some(host);
                     }
                 }
@@ -249,6 +251,7 @@ mod tests {
         c.published = vec![
             PublishedPort { container_port: 80, host_ip: Some("0.0.0.0".parse().unwrap()), host_port: 32768 },
             PublishedPort { container_port: 81, host_ip: Some("10.9.9.9".parse().unwrap()), host_port: 32769 },
+            PublishedPort { container_port: 82, host_ip: Some("127.0.0.1".parse().unwrap()), host_port: 32770 },
         ];
         let single = engine(None, None).view(&c);
         assert_eq!(single, c, "one engine: the container as it is");
@@ -257,6 +260,7 @@ mod tests {
         assert!(v.published_by_default);
         assert_eq!(v.published[0].host_ip, Some("192.0.2.7".parse().unwrap()), "0.0.0.0 means the engine's address");
         assert_eq!(v.published[1].host_ip, Some("10.9.9.9".parse().unwrap()), "a specific binding is kept");
+        assert_eq!(v.published.len(), 2, "a loopback binding of another host is unreachable: left out");
         let v = engine(Some("b"), None).view(&c);
         assert_eq!(v.published[0].host_ip, Some("0.0.0.0".parse().unwrap()), "no address_host: as bound");
     }

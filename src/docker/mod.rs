@@ -17,6 +17,7 @@ pub mod swarm_poll;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,6 +79,13 @@ struct Cursor {
     poller: Option<swarm_poll::Poller>,
     /// The last error reading the swarm, said once until it changes.
     swarm_error: Option<String>,
+    /// Swarm reads that failed in a row.
+    swarm_failures: u32,
+    /// The elements of the last swarm read that could not be read (said once).
+    swarm_skipped: Vec<String>,
+    /// Tasks whose container died on this node: the manager may still list them as running
+    /// for a moment, but a task never runs again once its container has exited.
+    dead_tasks: std::collections::HashSet<String>,
 }
 
 /// The label the engine puts on a swarm task's container: such a container is routed as its
@@ -89,6 +97,15 @@ const TASK_LABEL: &str = "com.docker.swarm.task.id";
 /// manager's decision before it stops the container, and hawser sees the decision up to one
 /// poll later; so the fallback ends before the stop signal.
 const LEAVING_WINDOW: Duration = Duration::from_millis(1500);
+
+/// Under `docker.mode: auto`, how often an engine that is no swarm manager is asked again.
+const SWARM_RECHECK: Duration = Duration::from_secs(10);
+/// How often a connected engine is pinged, and how long it has to answer: a host that died or
+/// a cut network would otherwise leave the event stream silent, and the engine never lost.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Swarm reads that may fail in a row before the connection is started again.
+const SWARM_FAILURES: u32 = 5;
 
 impl DockerWatcher {
     pub fn new(config: Arc<Config>, runtime: Arc<Runtime>, fleet: Arc<Fleet>) -> Self {
@@ -109,14 +126,15 @@ impl DockerWatcher {
                 .collect();
         }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let (endpoint, from_env) = match (&self.config.docker.endpoint, env("DOCKER_HOST")) {
-            (Some(e), _) => (e.clone(), false),
-            (None, Some(h)) => (h, true),
-            (None, None) => (DEFAULT_SOCKET.to_string(), false),
+        let endpoint = match (&self.config.docker.endpoint, env("DOCKER_HOST")) {
+            (Some(e), _) => e.clone(),
+            (None, Some(h)) => h,
+            (None, None) => DEFAULT_SOCKET.to_string(),
         };
-        // The CLI's rule: DOCKER_TLS_VERIFY set to anything turns tcp:// into verified TLS,
-        // with ca.pem, cert.pem and key.pem from DOCKER_CERT_PATH (default ~/.docker).
-        let tls = (from_env && endpoint.starts_with("tcp://") && env("DOCKER_TLS_VERIFY").is_some()).then(|| {
+        // The CLI's rule (for `-H` as for DOCKER_HOST): DOCKER_TLS_VERIFY set to anything turns
+        // tcp:// into verified TLS, with ca.pem, cert.pem and key.pem from DOCKER_CERT_PATH
+        // (default ~/.docker).
+        let tls = (endpoint.starts_with("tcp://") && env("DOCKER_TLS_VERIFY").is_some()).then(|| {
             let dir = env("DOCKER_CERT_PATH")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::path::PathBuf::from(env("HOME").unwrap_or_default()).join(".docker"));
@@ -142,18 +160,46 @@ impl DockerWatcher {
             drains: HashMap::new(),
             poller: None,
             swarm_error: None,
+            dead_tasks: Default::default(),
+            swarm_failures: 0,
+            swarm_skipped: Vec::new(),
         };
         let mut backoff = BACKOFF_MIN;
+        let mut forgotten = false;
         loop {
-            let result = self.session(&mut cursor, &mut backoff, &mut first).await;
+            // Set by the session once it has listed the engine: the engine is back.
+            let synced = AtomicBool::new(false);
+            let result = {
+                let session = self.session(&mut cursor, &mut backoff, &mut first, &synced);
+                tokio::pin!(session);
+                // An attempt can take a connect timeout: the grace still ends on time.
+                let mut forget_at = lost_at.map(|t| t + grace).filter(|_| several && !forgotten);
+                loop {
+                    tokio::select! {
+                        r = &mut session => break r,
+                        _ = tokio::time::sleep_until(forget_at.unwrap_or_else(tokio::time::Instant::now)), if forget_at.is_some() => {
+                            forget_at = None;
+                            if !synced.load(Ordering::Relaxed) {
+                                self.forget_engine(&engine);
+                                forgotten = true;
+                            }
+                        }
+                    }
+                }
+            };
             if let Some(tx) = first.take() {
                 let _ = tx.send(());
             }
             cursor.poller = None;
             let now = tokio::time::Instant::now();
-            if result.is_ok() || lost_at.is_none() {
+            if synced.load(Ordering::Relaxed) {
+                // Lost now, after a time in sync: the grace starts again.
                 lost_at = Some(now);
+                forgotten = false;
+            } else if forgotten {
+                cursor.containers.clear();
             }
+            lost_at.get_or_insert(now);
             let error = match &result {
                 Ok(()) => "event stream ended".to_string(),
                 Err(e) => e.clone(),
@@ -162,15 +208,14 @@ impl DockerWatcher {
             let keeping = if several { format!("keeping its backends for {grace:?} at most") } else { "serving the last known routes".into() };
             warn!("{endpoint}: {error}; {keeping}, retrying in {backoff:?}");
             // Sleep, but wake to drop a lost engine's backends on time.
-            let give_up = lost_at.map(|t| t + grace).filter(|_| several && !cursor.containers.is_empty());
+            let give_up = lost_at.map(|t| t + grace).filter(|_| several && !forgotten);
             let wake = now + backoff;
             match give_up.filter(|at| *at < wake) {
                 Some(at) => {
                     tokio::time::sleep_until(at).await;
-                    let cause = Cause { what: format!("{endpoint} lost for {grace:?}"), event_nanos: None };
-                    let dropped = self.fleet.forget(&self.runtime, &self.config, &engine, &cause);
+                    self.forget_engine(&engine);
+                    forgotten = true;
                     cursor.containers.clear();
-                    warn!("{endpoint}: unreachable for {grace:?} (docker.endpoint_grace): its {dropped} backends and containers are dropped");
                     tokio::time::sleep_until(wake).await;
                 }
                 None => tokio::time::sleep_until(wake).await,
@@ -180,12 +225,26 @@ impl DockerWatcher {
         }
     }
 
-    /// One connection: subscribe, resynchronise from a full list, then follow events.
+    /// Drops what engine `engine` contributed: it was lost for `docker.endpoint_grace`.
+    fn forget_engine(&self, engine: &Engine) {
+        let grace = self.config.docker.endpoint_grace;
+        let cause = Cause { what: format!("{} lost for {grace:?}", engine.label()), event_nanos: None };
+        let dropped = self.fleet.forget(&self.runtime, &self.config, engine, &cause);
+        warn!(
+            "{}: unreachable for {grace:?} (docker.endpoint_grace): its {dropped} backends and containers are dropped",
+            engine.label()
+        );
+    }
+
+    /// One connection: subscribe, resynchronise from a full list, then follow events. Sets
+    /// `synced` once the engine is listed. Ends with an error when the engine stops answering
+    /// its pings, or its swarm cannot be read several times in a row.
     async fn session(
         &self,
         cursor: &mut Cursor,
         backoff: &mut Duration,
         first: &mut Option<oneshot::Sender<()>>,
+        synced: &AtomicBool,
     ) -> Result<(), String> {
         let engine = cursor.engine.clone();
         let endpoint = engine.label();
@@ -205,11 +264,14 @@ impl DockerWatcher {
 
         let listed_at = unix_nanos();
         cursor.env = own_environment(&docker).await;
-        let (swarm, swarm_standing) = self.reads_swarm(&docker, endpoint).await;
+        let (swarm, swarm_standing) = self.reads_swarm(&docker, endpoint).await?;
         // Tasks stay as last read until the manager says otherwise.
         let tasks: Vec<Container> = cursor.containers.values().filter(|c| c.origin != Origin::Container).cloned().collect();
         cursor.containers = self.list(&docker, swarm).await?;
         let (swarm_tx, mut swarm_rx) = mpsc::channel(1);
+        // A fresh list knows nothing of stop signals: the replayed `kill` events restart drains.
+        cursor.drains.clear();
+        cursor.swarm_failures = 0;
         if swarm {
             let api = api::RawApi::new(&engine, &docker.client_version().to_string())?;
             cursor.containers.extend(tasks.into_iter().map(|c| (c.id.clone(), c)));
@@ -217,8 +279,7 @@ impl DockerWatcher {
             self.apply_swarm(cursor, swarm_poll::round(&api).await, false);
             cursor.poller = Some(swarm_poll::Poller::start(api, swarm_tx));
         }
-        // A fresh list knows nothing of stop signals: the replayed `kill` events restart drains.
-        cursor.drains.clear();
+        synced.store(true, Ordering::Relaxed);
         cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
         self.fleet.set_standing(&self.runtime, &engine, true, Some(swarm_standing), None);
         *backoff = BACKOFF_MIN;
@@ -244,15 +305,53 @@ impl DockerWatcher {
         }
 
         let mut inspections = Inspections::default();
+        // docker.mode: auto decides per connection; an engine that becomes a manager (swarm
+        // init, promotion) or stops being one ends the connection, and the next decides again.
+        let auto = self.config.docker.mode == DockerMode::Auto;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + SWARM_RECHECK, SWARM_RECHECK);
+        // A host that dies or a network cut without a reset leaves the event stream silent.
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
         loop {
             let next_deadline = cursor.drains.values().min().copied();
             let event = tokio::select! {
                 event = events.next() => event,
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => return Err(format!("the engine's ping failed: {e}")),
+                        Err(_) => return Err(format!("the engine did not answer a ping within {PING_TIMEOUT:?}")),
+                    }
+                }
+                _ = recheck.tick(), if auto && !swarm => {
+                    let info = tokio::time::timeout(PING_TIMEOUT, docker.info()).await;
+                    if info.ok().and_then(Result::ok).and_then(|i| i.swarm).and_then(|s| s.control_available).unwrap_or(false) {
+                        return Err("the engine is a swarm manager now: reconnecting to read its swarm (docker.mode: auto)".into());
+                    }
+                    continue;
+                }
                 Some((id, cause, answer)) = inspections.running.next(), if !inspections.running.is_empty() => {
                     self.inspected(&docker, cursor, &mut inspections, id, &cause, answer);
                     continue;
                 }
                 Some(outcome) = swarm_rx.recv(), if cursor.poller.is_some() => {
+                    if auto && outcome.as_ref().is_err_and(|e| e.contains("not a swarm manager")) {
+                        let tasks: Vec<String> = cursor.containers.iter().filter(|(_, c)| c.origin != Origin::Container).map(|(id, _)| id.clone()).collect();
+                        for id in &tasks {
+                            cursor.containers.remove(id);
+                            cursor.drains.remove(id);
+                        }
+                        self.publish(cursor, &tasks, &Cause { what: "the engine left the swarm".into(), event_nanos: None });
+                        return Err("the engine is no swarm manager any more: its tasks are dropped; reconnecting (docker.mode: auto)".into());
+                    }
+                    if outcome.is_err() {
+                        cursor.swarm_failures += 1;
+                        if cursor.swarm_failures >= SWARM_FAILURES {
+                            let e = outcome.err().unwrap_or_default();
+                            return Err(format!("the swarm could not be read {SWARM_FAILURES} times in a row: {e}"));
+                        }
+                    } else {
+                        cursor.swarm_failures = 0;
+                    }
                     self.apply_swarm(cursor, outcome, true);
                     continue;
                 }
@@ -368,9 +467,15 @@ impl DockerWatcher {
         let id = event_container(event)?;
         if let (Some(poller), Some(task)) = (&cursor.poller, attr(TASK_LABEL).filter(|_| event.typ == Some(EventMessageTypeEnum::CONTAINER))) {
             // A task's container on this node: its stop signal takes the task out at once; its
-            // other events say the manager's lists are about to change.
-            poller.wake();
+            // start, end and health say the manager's lists are about to change (its execs,
+            // a HEALTHCHECK's every second, say nothing).
+            if matches!(action, "start" | "die" | "kill" | "destroy") || action.starts_with("health_status") {
+                poller.wake();
+            }
             let c = cursor.containers.get_mut(task)?;
+            if action == "die" {
+                cursor.dead_tasks.insert(task.to_string());
+            }
             if action == "die" && c.state.is_up() {
                 c.state = RunState::Exited;
                 c.networks.values_mut().for_each(|ip| *ip = None);
@@ -540,21 +645,21 @@ impl DockerWatcher {
     /// Whether this engine's swarm is read (`docker.mode`), and its standing in words for
     /// `/api/engines`: `auto` reads it when the engine is a swarm manager; `swarm` says why it
     /// cannot (a worker, no swarm) and routes the engine's plain containers meanwhile.
-    async fn reads_swarm(&self, docker: &Docker, endpoint: &str) -> (bool, String) {
+    async fn reads_swarm(&self, docker: &Docker, endpoint: &str) -> Result<(bool, String), String> {
         let mode = self.config.docker.mode;
         if mode == DockerMode::Containers {
-            return (false, "off (docker.mode: containers)".into());
+            return Ok((false, "off (docker.mode: containers)".into()));
         }
-        let swarm = match docker.info().await {
-            Ok(info) => info.swarm.unwrap_or_default(),
-            Err(e) => {
-                warn!("{endpoint}: cannot ask whether the engine is a swarm manager: {e}");
-                return (false, format!("unknown: {e}"));
-            }
-        };
+        // Not knowing would drop the tasks kept from the last connection: try again later.
+        let swarm = docker
+            .info()
+            .await
+            .map_err(|e| format!("cannot ask whether the engine is a swarm manager: {e}"))?
+            .swarm
+            .unwrap_or_default();
         let manager = swarm.control_available.unwrap_or(false);
         let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
-        match (manager, mode) {
+        Ok(match (manager, mode) {
             (true, _) => (true, "manager".into()),
             (false, DockerMode::Swarm) => {
                 let why = format!("not a swarm manager (swarm state: {state})");
@@ -565,7 +670,7 @@ impl DockerWatcher {
                 (false, why)
             }
             (false, _) => (false, format!("off (swarm state: {state})")),
-        }
+        })
     }
 
     /// Applies one read of the swarm: its tasks replace the last ones. A task that was going
@@ -584,12 +689,23 @@ impl DockerWatcher {
         if cursor.swarm_error.take().is_some() {
             info!("Docker swarm: services and tasks readable again");
         }
+        if snapshot.skipped != cursor.swarm_skipped {
+            for why in &snapshot.skipped {
+                warn!("Docker swarm: left out of the manager's lists, as unreadable: {why}");
+            }
+            cursor.swarm_skipped = snapshot.skipped.clone();
+        }
         let mut fresh: BTreeMap<String, Container> =
             swarm::tasks_as_containers(&snapshot, &self.config.docker.label_prefix, self.config.docker.address)
                 .into_iter()
                 .map(|c| (c.id.clone(), c))
                 .collect();
+        cursor.dead_tasks.retain(|id| fresh.contains_key(id));
         for (id, c) in &mut fresh {
+            if cursor.dead_tasks.contains(id) {
+                c.state = RunState::Exited;
+                c.networks.values_mut().for_each(|ip| *ip = None);
+            }
             if let Some(old) = cursor.containers.get(id).filter(|old| old.state.is_up() && c.state.is_up()) {
                 c.departure = c.departure.max(old.departure);
             }
@@ -650,6 +766,7 @@ impl DockerWatcher {
 impl BackgroundService for DockerWatcher {
     async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
         let engines = self.engines();
+        let several = engines.len() > 1 || engines.iter().any(|e| e.name.is_some());
         let (firsts, watchers): (Vec<_>, Vec<_>) = engines
             .into_iter()
             .map(|engine| {
@@ -659,8 +776,14 @@ impl BackgroundService for DockerWatcher {
             .unzip();
         let runtime = Arc::clone(&self.runtime);
         let announce = async move {
-            // Every engine's first attempt, but one slow engine holds the others back only so long.
-            let _ = tokio::time::timeout(INITIAL_ENGINE_WAIT, futures_util::future::join_all(firsts)).await;
+            // Every engine's first attempt; of several, one slow engine holds the others back
+            // only so long. One engine is waited for as long as its first list takes.
+            let all = futures_util::future::join_all(firsts);
+            if several {
+                let _ = tokio::time::timeout(INITIAL_ENGINE_WAIT, all).await;
+            } else {
+                all.await;
+            }
             runtime.wait_initial_probes(INITIAL_PROBE_WAIT).await;
             ready.notify_ready();
             std::future::pending::<()>().await
@@ -811,7 +934,7 @@ async fn own_environment(docker: &Docker) -> Environment {
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    id.get(..12).unwrap_or(id)
 }
 
 fn container_from_summary(s: ContainerSummary) -> Container {

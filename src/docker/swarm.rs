@@ -57,7 +57,7 @@ pub struct UpdateStatus {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceEndpoint {
-    #[serde(rename = "VirtualIPs")]
+    #[serde(rename = "VirtualIPs", deserialize_with = "nullable")]
     pub virtual_ips: Vec<VirtualIp>,
 }
 
@@ -74,6 +74,7 @@ pub struct VirtualIp {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceSpec {
     pub name: String,
+    #[serde(deserialize_with = "nullable")]
     pub labels: BTreeMap<String, String>,
     pub task_template: TaskTemplate,
     pub endpoint_spec: EndpointSpec,
@@ -89,6 +90,7 @@ pub struct TaskTemplate {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerSpec {
     pub image: String,
+    #[serde(deserialize_with = "nullable")]
     pub labels: BTreeMap<String, String>,
     /// Nanoseconds.
     pub stop_grace_period: Option<i64>,
@@ -99,6 +101,7 @@ pub struct ContainerSpec {
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointSpec {
     pub mode: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub ports: Vec<PortConfig>,
 }
 
@@ -124,6 +127,7 @@ pub struct Task {
     pub created_at: String,
     pub desired_state: String,
     pub status: TaskStatus,
+    #[serde(deserialize_with = "nullable")]
     pub networks_attachments: Vec<NetworkAttachment>,
 }
 
@@ -137,6 +141,7 @@ pub struct TaskStatus {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct PortStatus {
+    #[serde(deserialize_with = "nullable")]
     pub ports: Vec<PortConfig>,
 }
 
@@ -145,6 +150,7 @@ pub struct PortStatus {
 pub struct NetworkAttachment {
     pub network: AttachedNetwork,
     /// CIDR strings, e.g. `10.0.1.5/24`.
+    #[serde(deserialize_with = "nullable")]
     pub addresses: Vec<String>,
 }
 
@@ -185,6 +191,12 @@ pub struct ManagerStatus {
     pub addr: String,
 }
 
+/// `null` where a list or map is expected reads as empty: the engine writes `"Labels": null`
+/// for a service created without labels.
+fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 impl Node {
     /// The node's address: `Status.Addr`, or for a manager that reports `0.0.0.0` there (a
     /// known engine quirk), the host of `ManagerStatus.Addr`.
@@ -204,21 +216,37 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     pub tasks: Vec<Task>,
     pub nodes: Vec<Node>,
+    /// Elements left out because they could not be read, with why.
+    pub skipped: Vec<String>,
 }
 
 impl Snapshot {
     /// Decodes the three lists (`GET /services`, `/tasks`, `/nodes`) as the engine sends them.
+    /// A list that is not a JSON array is an error; an element hawser cannot read is left out
+    /// (and counted in [`Snapshot::skipped`]), so one odd object costs only itself.
     pub fn from_json(services: &[u8], tasks: &[u8], nodes: &[u8]) -> Result<Snapshot, String> {
-        let decode = |what: &str, bytes: &[u8]| -> Result<serde_json::Value, String> {
-            serde_json::from_slice(bytes).map_err(|e| format!("cannot decode the manager's {what}: {e}"))
-        };
-        let list = |what: &str, bytes: &[u8]| decode(what, bytes);
+        let mut skipped = Vec::new();
         Ok(Snapshot {
-            services: serde_json::from_value(list("services", services)?).map_err(|e| format!("services: {e}"))?,
-            tasks: serde_json::from_value(list("tasks", tasks)?).map_err(|e| format!("tasks: {e}"))?,
-            nodes: serde_json::from_value(list("nodes", nodes)?).map_err(|e| format!("nodes: {e}"))?,
+            services: decode_list("services", services, &mut skipped)?,
+            tasks: decode_list("tasks", tasks, &mut skipped)?,
+            nodes: decode_list("nodes", nodes, &mut skipped)?,
+            skipped,
         })
     }
+}
+
+fn decode_list<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8], skipped: &mut Vec<String>) -> Result<Vec<T>, String> {
+    let items: Vec<serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| format!("{what}: cannot decode the manager's list: {e}"))?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item.get("ID").and_then(|v| v.as_str()).unwrap_or("?").chars().take(64).collect::<String>();
+        match serde_json::from_value(item) {
+            Ok(v) => out.push(v),
+            Err(e) => skipped.push(format!("{what} {id:?}: {e}")),
+        }
+    }
+    Ok(out)
 }
 
 /// The labels hawser reads of a service: its own (`deploy.labels`) over its container spec's,
@@ -499,7 +527,19 @@ mod tests {
         let global = task("g", 0, "n1", "running", "running").replace(r#""Slot":0,"#, "");
         assert_eq!(containers(&[global])[0].name, "web.n1");
         assert!(Snapshot::from_json(b"{", b"[]", b"[]").unwrap_err().contains("services"));
-        assert!(Snapshot::from_json(b"[]", b"[{\"Slot\":\"x\"}]", b"[]").unwrap_err().starts_with("tasks"));
+        assert!(Snapshot::from_json(b"[]", b"{}", b"[]").unwrap_err().starts_with("tasks"));
+        // One odd element costs only itself.
+        let s = Snapshot::from_json(b"[]", br#"[{"ID":"bad","Slot":"x"},{"ID":"good"}]"#, b"[]").unwrap();
+        assert_eq!((s.tasks.len(), s.tasks[0].id.as_str()), (1, "good"));
+        assert!(s.skipped[0].starts_with("tasks \"bad\""), "{:?}", s.skipped);
+        // The engine writes null for a service without labels, ports or networks.
+        let s = Snapshot::from_json(
+            br#"[{"ID":"s","Spec":{"Labels":null,"TaskTemplate":{"ContainerSpec":{"Labels":null}},"EndpointSpec":{"Ports":null}},"Endpoint":{"VirtualIPs":null}}]"#,
+            br#"[{"ID":"t","NetworksAttachments":null,"Status":{"PortStatus":{"Ports":null}}}]"#,
+            b"[]",
+        )
+        .unwrap();
+        assert!(s.skipped.is_empty() && s.services.len() == 1 && s.tasks.len() == 1, "{:?}", s.skipped);
         // Unknown fields and missing ones are fine: only what hawser reads is declared.
         let s = Snapshot::from_json(b"[{\"ID\":\"s\",\"Extra\":1}]", b"[]", b"[{}]").unwrap();
         assert_eq!(s.services[0].id, "s");

@@ -8,7 +8,10 @@
 //! - A round starts [`INTERVAL`] after the last one, [`FAST_INTERVAL`] while a service is
 //!   updating or a task is starting, and at once (but never sooner than [`MIN_GAP`] after the
 //!   last) when [`Poller::wake`] is called — on a swarm event (service, node) or a local
-//!   container event of a task.
+//!   container event of a task. For [`AFTER_WAKE`] after a wake rounds come every
+//!   [`FAST_INTERVAL`] too: the event comes before the orchestrator acts on it (a scale-down's
+//!   `update` event precedes the tasks' new desired state by a millisecond or so, and sets no
+//!   update status), so the round it wakes may still see the old tasks.
 //! - Only tasks whose desired state is `running` are listed: a task the manager shuts down
 //!   leaves the list (and the rotation) in the round after the manager decided it, which is
 //!   before the node stops its container (it first takes it out of DNS and waits 2 s).
@@ -24,6 +27,7 @@ use super::swarm::Snapshot;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 pub const FAST_INTERVAL: Duration = Duration::from_millis(250);
 pub const MIN_GAP: Duration = Duration::from_millis(50);
+pub const AFTER_WAKE: Duration = Duration::from_secs(2);
 
 const TASKS: &str = "/tasks?filters=%7B%22desired-state%22%3A%5B%22running%22%5D%7D";
 
@@ -54,17 +58,18 @@ impl Drop for Poller {
 }
 
 async fn run(api: RawApi, wake: Arc<Notify>, tx: mpsc::Sender<Result<Snapshot, String>>) {
+    let mut fast_until = tokio::time::Instant::now();
     loop {
         let outcome = round(&api).await;
-        let next = match &outcome {
-            Ok(s) if busy(s) => FAST_INTERVAL,
-            _ => INTERVAL,
-        };
+        let fast = matches!(&outcome, Ok(s) if busy(s)) || tokio::time::Instant::now() < fast_until;
+        let next = if fast { FAST_INTERVAL } else { INTERVAL };
         if tx.send(outcome).await.is_err() {
             return;
         }
         tokio::time::sleep(MIN_GAP).await;
-        let _ = tokio::time::timeout(next - MIN_GAP, wake.notified()).await;
+        if tokio::time::timeout(next - MIN_GAP, wake.notified()).await.is_ok() {
+            fast_until = tokio::time::Instant::now() + AFTER_WAKE;
+        }
     }
 }
 
@@ -74,9 +79,12 @@ pub async fn round(api: &RawApi) -> Result<Snapshot, String> {
     Snapshot::from_json(&services?, &tasks?, &nodes?)
 }
 
-/// Whether tasks are changing: a service updating, or a task not running yet.
+/// Whether tasks are changing: a service updating, or a task on its way to running. A task
+/// the scheduler cannot place (`pending`, e.g. for want of resources) is not: it may wait for
+/// ever, and the fast cadence with it.
 fn busy(s: &Snapshot) -> bool {
-    s.services.iter().any(|svc| svc.updating()) || s.tasks.iter().any(|t| t.status.state != "running")
+    s.services.iter().any(|svc| svc.updating())
+        || s.tasks.iter().any(|t| matches!(t.status.state.as_str(), "assigned" | "accepted" | "preparing" | "ready" | "starting"))
 }
 
 #[cfg(test)]
@@ -89,6 +97,8 @@ mod tests {
         assert!(!busy(&quiet));
         let starting = Snapshot::from_json(br#"[{"ID":"s"}]"#, br#"[{"Status":{"State":"starting"}}]"#, b"[]").unwrap();
         assert!(busy(&starting));
+        let unplaceable = Snapshot::from_json(br#"[{"ID":"s"}]"#, br#"[{"Status":{"State":"pending"}}]"#, b"[]").unwrap();
+        assert!(!busy(&unplaceable));
         let updating = Snapshot::from_json(br#"[{"ID":"s","UpdateStatus":{"State":"updating"}}]"#, b"[]", b"[]").unwrap();
         assert!(busy(&updating));
     }
