@@ -13,6 +13,7 @@ pub mod api;
 pub mod fleet;
 pub mod swarm;
 pub mod swarm_poll;
+pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -91,12 +92,6 @@ struct Cursor {
 /// The label the engine puts on a swarm task's container: such a container is routed as its
 /// task (from the manager's lists) while the swarm is read, never a second time as itself.
 const TASK_LABEL: &str = "com.docker.swarm.task.id";
-
-/// How long a task that left the manager's list of running tasks stays as a fallback
-/// ([`Departure::Leaving`]): its node waits 2 s (`defaultGossipConvergeDelay`) after the
-/// manager's decision before it stops the container, and hawser sees the decision up to one
-/// poll later; so the fallback ends before the stop signal.
-const LEAVING_WINDOW: Duration = Duration::from_millis(1500);
 
 /// Under `docker.mode: auto`, how often an engine that is no swarm manager is asked again.
 const SWARM_RECHECK: Duration = Duration::from_secs(10);
@@ -695,51 +690,13 @@ impl DockerWatcher {
             }
             cursor.swarm_skipped = snapshot.skipped.clone();
         }
-        let mut fresh: BTreeMap<String, Container> =
+        let fresh: BTreeMap<String, Container> =
             swarm::tasks_as_containers(&snapshot, &self.config.docker.label_prefix, self.config.docker.address)
                 .into_iter()
                 .map(|c| (c.id.clone(), c))
                 .collect();
-        cursor.dead_tasks.retain(|id| fresh.contains_key(id));
-        for (id, c) in &mut fresh {
-            if cursor.dead_tasks.contains(id) {
-                c.state = RunState::Exited;
-                c.networks.values_mut().for_each(|ip| *ip = None);
-            }
-            if let Some(old) = cursor.containers.get(id).filter(|old| old.state.is_up() && c.state.is_up()) {
-                c.departure = c.departure.max(old.departure);
-            }
-        }
-        let gone: Vec<String> = cursor
-            .containers
-            .iter()
-            .filter(|(id, c)| c.origin != Origin::Container && !fresh.contains_key(*id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut changed = Vec::new();
-        let leave_by = tokio::time::Instant::now() + LEAVING_WINDOW;
-        for id in gone {
-            let Some(c) = cursor.containers.get_mut(&id) else { continue };
-            // Its desired state went past running: it still serves for a moment as a fallback.
-            if c.origin == Origin::Task && c.state.is_up() && c.departure == Departure::Staying {
-                c.departure = Departure::Leaving;
-                cursor.drains.insert(id.clone(), leave_by);
-                changed.push((id, c.name.clone()));
-            } else if !(c.departure == Departure::Leaving && cursor.drains.contains_key(&id)) {
-                cursor.drains.remove(&id);
-                let c = cursor.containers.remove(&id).expect("present");
-                changed.push((id, c.name));
-            }
-        }
-        for (id, c) in fresh {
-            if c.departure == Departure::Leaving && !cursor.drains.contains_key(&id) {
-                cursor.drains.insert(id.clone(), leave_by);
-            }
-            if cursor.containers.get(&id) != Some(&c) {
-                changed.push((id.clone(), c.name.clone()));
-                cursor.containers.insert(id, c);
-            }
-        }
+        let now = tokio::time::Instant::now();
+        let changed = tasks::merge(&mut cursor.containers, &mut cursor.drains, &mut cursor.dead_tasks, fresh, now);
         if changed.is_empty() || !replan {
             return;
         }
