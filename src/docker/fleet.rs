@@ -202,6 +202,16 @@ impl Fleet {
         keys.len()
     }
 
+    /// Lists `engine` in `/api/engines` before its first attempt ends (not connected yet, not
+    /// lost either).
+    pub fn register(&self, engine: &Engine) {
+        let mut st = self.state();
+        st.views.entry(engine.id().to_string()).or_insert_with(|| {
+            let view = EngineView { name: engine.name.clone(), endpoint: engine.endpoint.clone(), swarm: "unknown yet".into(), ..EngineView::default() };
+            (view, None)
+        });
+    }
+
     /// Records engine `engine`'s standing; `runtime`'s `docker_connected` (for `/healthz`)
     /// is whether at least one engine is connected.
     pub fn set_standing(&self, runtime: &Runtime, engine: &Engine, connected: bool, swarm: Option<String>, error: Option<String>) {

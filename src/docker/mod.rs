@@ -272,7 +272,8 @@ impl DockerWatcher {
             cursor.containers.extend(tasks.into_iter().map(|c| (c.id.clone(), c)));
             // The first read before hawser says it is ready: it must know the tasks too.
             self.apply_swarm(cursor, swarm_poll::round(&api).await, false);
-            cursor.poller = Some(swarm_poll::Poller::start(api, swarm_tx));
+            // The read just made was the first round.
+            cursor.poller = Some(swarm_poll::Poller::start(api, swarm_tx, swarm_poll::INTERVAL));
         }
         synced.store(true, Ordering::Relaxed);
         cursor.since_nanos = cursor.since_nanos.max(listed_at - 1_000_000_000);
@@ -695,7 +696,8 @@ impl DockerWatcher {
                 .into_iter()
                 .map(|c| (c.id.clone(), c))
                 .collect();
-        let now = tokio::time::Instant::now();
+        // The fallback window counts from when the read began, however long it took.
+        let now = snapshot.read_at.unwrap_or_else(tokio::time::Instant::now);
         let changed = tasks::merge(&mut cursor.containers, &mut cursor.drains, &mut cursor.dead_tasks, fresh, now);
         if changed.is_empty() || !replan {
             return;
@@ -724,6 +726,9 @@ impl BackgroundService for DockerWatcher {
     async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
         let engines = self.engines();
         let several = engines.len() > 1 || engines.iter().any(|e| e.name.is_some());
+        for engine in &engines {
+            self.fleet.register(engine);
+        }
         let (firsts, watchers): (Vec<_>, Vec<_>) = engines
             .into_iter()
             .map(|engine| {
@@ -839,8 +844,11 @@ pub fn connect(engine: &Engine) -> Result<Docker, String> {
         return Docker::connect_with_ssl(addr, &tls.key, &tls.cert, &tls.ca, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             .map_err(|e| format!("cannot use Docker endpoint {endpoint} with TLS: {e}"));
     }
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     if let Some(host) = endpoint.strip_prefix("tcp://").or_else(|| endpoint.strip_prefix("http://")) {
-        if !api::is_loopback_authority(host) {
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if !api::is_loopback_authority(host) && !warned.contains(&engine.endpoint) {
+            warned.push(engine.endpoint.clone());
             warn!(
                 "{}: plain TCP to a host that is not loopback: anyone who can reach it controls the engine; use TLS (docker.endpoints[].tls, or DOCKER_TLS_VERIFY)",
                 engine.label()

@@ -218,6 +218,9 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     /// Elements left out because they could not be read, with why.
     pub skipped: Vec<String>,
+    /// When the read began: what it says was decided no later than the answer, and no
+    /// earlier than the read before it began.
+    pub read_at: Option<tokio::time::Instant>,
 }
 
 impl Snapshot {
@@ -231,6 +234,7 @@ impl Snapshot {
             tasks: decode_list("tasks", tasks, &mut skipped)?,
             nodes: decode_list("nodes", nodes, &mut skipped)?,
             skipped,
+            read_at: None,
         })
     }
 }

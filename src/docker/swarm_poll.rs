@@ -38,10 +38,11 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts polling through `api`; each round's outcome goes to `tx`.
-    pub fn start(api: RawApi, tx: mpsc::Sender<Result<Snapshot, String>>) -> Poller {
+    /// Starts polling through `api`, the first round after `first` (or a wake); each round's
+    /// outcome goes to `tx`.
+    pub fn start(api: RawApi, tx: mpsc::Sender<Result<Snapshot, String>>, first: Duration) -> Poller {
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(run(api, Arc::clone(&wake), tx));
+        let task = tokio::spawn(run(api, Arc::clone(&wake), tx, first));
         Poller { wake, task }
     }
 
@@ -57,8 +58,11 @@ impl Drop for Poller {
     }
 }
 
-async fn run(api: RawApi, wake: Arc<Notify>, tx: mpsc::Sender<Result<Snapshot, String>>) {
+async fn run(api: RawApi, wake: Arc<Notify>, tx: mpsc::Sender<Result<Snapshot, String>>, first: Duration) {
     let mut fast_until = tokio::time::Instant::now();
+    if tokio::time::timeout(first, wake.notified()).await.is_ok() {
+        fast_until += AFTER_WAKE;
+    }
     loop {
         let outcome = round(&api).await;
         let fast = matches!(&outcome, Ok(s) if busy(s)) || tokio::time::Instant::now() < fast_until;
@@ -75,8 +79,11 @@ async fn run(api: RawApi, wake: Arc<Notify>, tx: mpsc::Sender<Result<Snapshot, S
 
 /// One round: the three lists, read side by side.
 pub async fn round(api: &RawApi) -> Result<Snapshot, String> {
+    let read_at = tokio::time::Instant::now();
     let (services, tasks, nodes) = tokio::join!(api.get("/services"), api.get(TASKS), api.get("/nodes"));
-    Snapshot::from_json(&services?, &tasks?, &nodes?)
+    let mut snapshot = Snapshot::from_json(&services?, &tasks?, &nodes?)?;
+    snapshot.read_at = Some(read_at);
+    Ok(snapshot)
 }
 
 /// Whether tasks are changing: a service updating, or a task on its way to running. A task
