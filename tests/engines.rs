@@ -27,16 +27,7 @@ fn json(admin: std::net::SocketAddr, path: &str) -> Value {
 
 /// `(container_name, state)` of the backends of SERVICE, sorted.
 fn backends(h: &Hawser) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = json(h.admin, "/api/services")
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == SERVICE)
-        .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
-        .map(|b| (b["container_name"].as_str().unwrap_or("?").to_string(), b["state"].as_str().unwrap_or("?").to_string()))
-        .collect();
-    out.sort();
-    out
+    service_backends(&json(h.admin, "/api/services"), SERVICE, "state")
 }
 
 fn engine(h: &Hawser, name: &str) -> Value {

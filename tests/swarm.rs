@@ -28,17 +28,20 @@ fn json(h: &Hawser, path: &str) -> Value {
 
 /// `(container_name, state)` of the backends of `service`, sorted.
 fn backends(h: &Hawser, service: &str) -> Vec<(String, String)> {
-    let all = json(h, "/api/services");
-    let mut out: Vec<(String, String)> = all
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == service)
-        .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
-        .map(|b| (b["container_name"].as_str().unwrap_or("?").to_string(), b["state"].as_str().unwrap_or("?").to_string()))
-        .collect();
-    out.sort();
-    out
+    service_backends(&json(h, "/api/services"), service, "state")
+}
+
+/// hawser in a container on overlay `net` (label prefix of `env`), its proxy and admin ports
+/// published on loopback; the admin token is `t0ken`. Returns the container, its proxy and
+/// admin addresses, and the directory of its configuration (keep it while it runs).
+fn hawser_on_overlay(env: &TestEnv, net: &str) -> (Container, std::net::SocketAddr, std::net::SocketAddr, TempDir) {
+    let configs = TempDir::new(&format!("{}-config", env.id));
+    let config = configs.0.join("hawser.yaml");
+    let yaml = format!("listen: [\"0.0.0.0:8080\"]\nadmin: {{listen: \"0.0.0.0:9900\", token: t0ken}}\ndocker: {{label_prefix: \"{}\"}}\n", env.prefix);
+    std::fs::write(&config, yaml).expect("write config");
+    let hawser = common::image::run_hawser(env, "hawser", net, &config, true);
+    let (proxy, admin) = (hawser.published_addr(8080), hawser.published_addr(9900));
+    (hawser, proxy, admin, configs)
 }
 
 /// Waits until `service` has exactly the backends `names`, all ready.
@@ -118,6 +121,15 @@ fn published_tasks_are_routed_from_a_host_run_hawser() {
     assert_eq!((task["routed"].as_bool(), task["service"].as_str()), (Some(true), Some(svc.name.as_str())), "{task}");
     let reason = wait_reason(&h, &format!("{}.1", lost.name), "publishes no port in mode host");
     assert!(reason.contains("hawser runs outside Docker"), "{reason}");
+    // `hawser explain` knows a task by its name, as a container.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hawser"))
+        .args(["explain", "--admin", &h.admin.to_string(), &format!("{}.1", lost.name)])
+        .env_remove("HAWSER_ADMIN_TOKEN")
+        .output()
+        .expect("hawser explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("publishes no port in mode host"), "{text}");
     let reason = wait_reason(&h, &format!("{}.1", bad.name), &env.label("port"));
     assert!(reason.contains("not a port number"), "{reason}");
 
@@ -184,26 +196,10 @@ fn task_ips_on_a_shared_overlay_from_hawser_in_a_container() {
     let svc = Service::create(&env, "web", &a, &image);
     svc.wait_running(2, SECS_30);
 
-    let configs = TempDir::new("swarm-overlay-config");
-    let config = configs.0.join("hawser.yaml");
-    std::fs::write(&config, format!("listen: [\"0.0.0.0:8080\"]\nadmin: {{listen: \"0.0.0.0:9900\", token: t0ken}}\ndocker: {{label_prefix: \"{}\"}}\n", env.prefix))
-        .expect("write config");
-    let hawser = common::image::run_hawser(&env, "hawser", &net, &config, true);
-    let proxy = hawser.published_addr(8080);
-    let admin = hawser.published_addr(9900);
+    let (hawser, proxy, admin, _configs) = hawser_on_overlay(&env, &net);
     let services = || -> Vec<(String, String)> {
         let Ok(r) = admin_request(admin, "GET", "/api/services", Some("t0ken")) else { return Vec::new() };
-        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-        let mut out: Vec<(String, String)> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["name"] == svc.name.as_str())
-            .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
-            .map(|b| (b["container_name"].as_str().unwrap_or("?").to_string(), b["address"].as_str().unwrap_or("?").to_string()))
-            .collect();
-        out.sort();
-        out
+        service_backends(&serde_json::from_str(&r.body).unwrap_or(Value::Null), &svc.name, "address")
     };
     let ready = wait_until_or(&hawser, "both tasks routed by their overlay IPs", SECS_30, || {
         let b = services();
@@ -255,12 +251,7 @@ fn vip_needs_ipvs() {
     a.extend(args(&["--network", &net, "--replicas", "2"]));
     let svc = Service::create(&env, "web", &a, &image);
     svc.wait_running(2, SECS_30);
-    let configs = TempDir::new("swarm-vip-config");
-    let config = configs.0.join("hawser.yaml");
-    std::fs::write(&config, format!("listen: [\"0.0.0.0:8080\"]\nadmin: {{listen: \"0.0.0.0:9900\", token: t0ken}}\ndocker: {{label_prefix: \"{}\"}}\n", env.prefix))
-        .expect("write config");
-    let hawser = common::image::run_hawser(&env, "hawser", &net, &config, true);
-    let proxy = hawser.published_addr(8080);
+    let (hawser, proxy, _admin, _configs) = hawser_on_overlay(&env, &net);
     wait_until_or(&hawser, "the service answering through its VIP", SECS_30, || {
         let r = get(proxy, HOST, "/").ok()?;
         (r.status == 200).then_some(())

@@ -1609,3 +1609,18 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `(container_name, FIELD)` of the backends of `service` in an `/api/services` answer, sorted
+/// (FIELD: `state`, `address`, …).
+pub fn service_backends(services: &serde_json::Value, service: &str, field: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == service)
+        .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
+        .map(|b| (b["container_name"].as_str().unwrap_or("?").to_string(), b[field].as_str().unwrap_or("?").to_string()))
+        .collect();
+    out.sort();
+    out
+}
