@@ -132,13 +132,9 @@ cleanup() {
     [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
     bench_end_tmp_log "$rc" "${TMPDIR:-/tmp}/hawser-dls-${RUN_ID}.log"
 }
-bench_traps
 
-# --- prerequisites ------------------------------------------------------------------------
-bench_prereqs wrk curl python3 timeout
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-dls.XXXXXX")
-note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
+# --- traps, prerequisites, temp dir -------------------------------------------------------
+bench_access_log_setup dls
 
 bench_hawser_binary
 bench_backend_image
@@ -301,14 +297,11 @@ wait_backends "idle scale" "${names[@]}"
 idle_cpu "$IDLE_TASKS" >>"$TMP/idle.txt"
 
 # --- analysis -----------------------------------------------------------------------------
-cat >"$TMP/analyse.py" <<'PY'
-import calendar, json, sys
-
+{
+    echo "$BENCH_PY_ACCESS_LOG"
+    cat <<'PY'
 tmp, wrk_bad, dropped, cpu0, cpu1, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
 wrk_stop = float(sys.argv[7])
-
-def note(*a):
-    print("#", *a, file=sys.stderr)
 
 timeline = {}
 for line in open(f"{tmp}/timeline.txt"):
@@ -329,21 +322,10 @@ for line in open(f"{tmp}/events.jsonl"):
         sigterm.setdefault(e.get("Actor", {}).get("ID"), e["timeNano"] / 1e9)
 
 # Per task (backend name, upstream port): its first and last request, hawser's receive time.
-seconds = {}
-def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
-    s = seconds.get(ts[:19])
-    if s is None:
-        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
-                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
-    return s + int(ts[20:23]) / 1e3 + 0.0005
 first, last = {}, {}
 requests = failed = retried = cut = 0
 failures = {}
-for line in open(f"{tmp}/access.jsonl"):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
+for line, e in access_log(f"{tmp}/access.jsonl"):
     requests += 1
     if e["status"] == 0 and epoch(e["time"]) >= wrk_stop - 0.001:
         cut += 1  # no answer because wrk closed its connections when it was stopped
@@ -360,10 +342,6 @@ for line in open(f"{tmp}/access.jsonl"):
         first[key] = t
     if key not in last or t > last[key]:
         last[key] = t
-
-def pct(values, p):  # nearest rank
-    v = sorted(values)
-    return v[max(0, -(-len(v) * p // 100) - 1)]
 
 rows = []
 def row(label, values, goal=""):
@@ -418,6 +396,7 @@ if never:
     note(f"{len(never)} new task(s) never got a request: {' '.join(t['name'] for t in never)}")
 sys.exit(3 if failed or wrk_bad or never or dropped else 0)
 PY
+} >"$TMP/analyse.py"
 python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" "$CPU0" "$CPU1" "$CLK_TCK" "$WRK_STOP" || {
     rc=$?
     ((rc == 3)) || die "the analysis failed"

@@ -160,14 +160,10 @@ cleanup() {
     [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
     bench_end_tmp_log "$rc" "${TMPDIR:-/tmp}/hawser-dl-${RUN_ID}.log"
 }
-bench_traps
 
-# --- prerequisites ------------------------------------------------------------------------
-bench_prereqs wrk curl python3 timeout
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-dl.XXXXXX")
+# --- traps, prerequisites, temp dir -------------------------------------------------------
+bench_access_log_setup dl
 TOTAL=$((SEQUENTIAL + BURSTS * BURST_SIZE))
-note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
 ((TOTAL >= 100)) || note "only $TOTAL containers: fewer than the 100 of a full run"
 
 # --- hawser binary ------------------------------------------------------------------------
@@ -388,13 +384,12 @@ done <"$TMP/containers.txt"
 note "listening times read from $TOTAL container logs ($(secs_since "$t") s)"
 
 # --- analysis -----------------------------------------------------------------------------
-cat >"$TMP/analyse.py" <<'PY'
-import calendar, json, re, sys
+{
+    echo "$BENCH_PY_ACCESS_LOG"
+    cat <<'PY'
+import re
 
 tmp, wrk_bad, dropped = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-def note(*a):
-    print("#", *a, file=sys.stderr)
 
 phase, delay = {}, {}
 for line in open(f"{tmp}/containers.txt"):
@@ -426,21 +421,10 @@ for line in open(f"{tmp}/net-events.jsonl"):
 
 # Access log: per backend, the first and last request (hawser's receive time), and the
 # spacing of its requests (the measurement's resolution).
-seconds = {}
-def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
-    s = seconds.get(ts[:19])
-    if s is None:
-        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
-                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
-    return s + int(ts[20:23]) / 1e3 + 0.0005
 first, last, count = {}, {}, {}
 requests = failed = retried = 0
 failures = {}
-for line in open(f"{tmp}/access.jsonl"):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
+for _, e in access_log(f"{tmp}/access.jsonl"):
     requests += 1
     if not 200 <= e["status"] < 300:
         failed += 1
@@ -494,10 +478,6 @@ measures = [
     ("kill_event->hawser_drained", diff(hawser_drained, kill_event), ""),
 ]
 
-def pct(values, p):  # nearest rank
-    v = sorted(values)
-    return v[max(0, -(-len(v) * p // 100) - 1)]
-
 fmt = "%-30s %-10s %4s %8s %8s %8s  %s"
 print(fmt % ("measure", "phase", "n", "p50_ms", "p99_ms", "max_ms", "goal"))
 missed = []
@@ -537,6 +517,7 @@ if missed:
     note("goal missed: " + ", ".join(missed))
 sys.exit(3 if failed or wrk_bad or never or dropped else 0)
 PY
+} >"$TMP/analyse.py"
 python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" || {
     rc=$?
     ((rc == 3)) || die "the analysis failed"

@@ -63,6 +63,16 @@
 #   bench_prereqs TOOL...   apt-installs the missing TOOLs (timeout: coreutils) and what
 #                           bench_build_needs names (sets `need`), then dies unless the TOOLs,
 #                           the docker CLI, a Docker engine and rustc are there
+#   bench_wrk_hawser_setup TAG   the start of rolling-restart and swarm-rolling-update: bench_names
+#                           TAG, their state (TMP, HAWSER_PID, WRK_PID, NET_CREATED, IMAGE_BUILT,
+#                           HAWSER_LOG=${TMPDIR:-/tmp}/hawser-bench-$RUN_ID.log), bench_traps (the
+#                           caller defines `cleanup` first), bench_prereqs wrk curl, TMP (a new temp
+#                           dir), bench_hawser_binary, bench_backend_image
+#   bench_cleanup_wrk_hawser RC  the cleanup of rolling-restart and swarm-rolling-update, for
+#                           their EXIT/INT/TERM trap: stops wrk (WRK_PID), removes the service
+#                           $SVC when set, this run's containers, network and image and the swarm
+#                           it made (bench_swarm_leave), stops hawser (HAWSER_PID), then
+#                           bench_end_hawser_log RC
 #   bench_end_hawser_log RC the end of a cleanup whose hawser log is $HAWSER_LOG: removes $TMP,
 #                           shows the log's last 40 lines when RC != 0, says where it is kept
 #                           and the total runtime, exits RC
@@ -71,12 +81,18 @@
 #                           BENCH_KEEP_DATA is set
 #   bench_http_status       the status of GET http://127.0.0.1:$PORT/ with Host $HOST_HEADER
 #                           (000 when nothing answers)
-#   bench_start_hawser CONFIG_FN RUST_LOG_DEFAULT WHAT   picks free ports PORT and ADMIN_PORT,
-#                           writes what CONFIG_FN prints to $TMP/hawser.yaml, checks it (-t) and
-#                           starts hawser with it, logging to $HAWSER_LOG (RUST_LOG defaulting to
-#                           RUST_LOG_DEFAULT unless that is empty); waits at most 15 s until it
-#                           answers ("answers (<status> WHAT)"); a port taken meanwhile: other
-#                           ports, 5 tries. Sets HAWSER_PID
+#   bench_start_hawser RUST_LOG_DEFAULT WHAT [DOCKER_LINE...]   picks free ports PORT and
+#                           ADMIN_PORT, writes $TMP/hawser.yaml (label prefix $PREFIX, nothing
+#                           exposed by default, the DOCKER_LINEs added to its docker: section, HTTP
+#                           health checks on /healthz every $HEALTH_INTERVAL, rise and fall 2),
+#                           checks it (-t) and starts hawser with it, logging to $HAWSER_LOG
+#                           (RUST_LOG defaulting to RUST_LOG_DEFAULT unless that is empty); waits
+#                           at most 15 s until it answers ("answers (<status> WHAT)"); a port
+#                           taken meanwhile: other ports, 5 tries. Sets HAWSER_PID
+#   bench_access_log_setup TAG   the start of discovery-latency and discovery-latency-swarm after
+#                           their state: bench_traps (the caller defines `cleanup` first),
+#                           bench_prereqs wrk curl python3 timeout, TMP (a new temp dir
+#                           hawser-TAG.*), the load average as context
 #   bench_start_hawser_access_log DOCKER_YAML    picks PORT and ADMIN_PORT and starts hawser
 #                           with `docker: DOCKER_YAML`, `access_log: json` (its stdout, into
 #                           $TMP/access.jsonl) and HTTP health checks every $HEALTH_INTERVAL;
@@ -104,6 +120,11 @@
 #                           "listening on ... (unix time S)" line of container ID's log; dies
 #                           naming WHAT without one
 #   sleep_ms MS             sleeps MS milliseconds (pacing)
+#   BENCH_PY_ACCESS_LOG     Python for the front of an analysis script over hawser's JSON access
+#                           log: imports calendar, json, sys; note(*a) (a context line on stderr),
+#                           pct(values, p) (nearest rank), epoch(ts) (a log time in seconds, the
+#                           middle of its millisecond), access_log(path) ((line, entry) of each
+#                           whole line)
 #   bench_warnings_summary SED   hawser's warnings and errors in $HAWSER_LOG as context, grouped
 #                           (timestamps, addresses and what the sed expression SED matches
 #                           blanked), most frequent first, at most 12
@@ -504,6 +525,35 @@ bench_prereqs() {
     command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
 }
 
+# shellcheck disable=SC2034 # the callers and their cleanup use them
+bench_wrk_hawser_setup() {
+    bench_names "$1"
+    TMP=""
+    HAWSER_PID=""
+    WRK_PID=""
+    HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
+    NET_CREATED=0
+    IMAGE_BUILT=0
+    bench_traps
+    bench_prereqs wrk curl
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
+    bench_hawser_binary
+    bench_backend_image
+}
+
+bench_cleanup_wrk_hawser() {
+    local rc=$1
+    set +e
+    trap - EXIT INT TERM
+    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
+    [[ -n "${SVC:-}" ]] && bench_service_rm "$SVC"
+    bench_remove_docker
+    bench_swarm_leave
+    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
+    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
+    bench_end_hawser_log "$rc"
+}
+
 bench_end_hawser_log() {
     local rc=$1
     [[ -n "$TMP" ]] && rm -rf "$TMP"
@@ -539,13 +589,28 @@ bench_http_status() {
 }
 
 bench_start_hawser() {
-    local config_fn=$1 rust_log=$2 what=$3 attempt t0 code
+    local rust_log=$1 what=$2 attempt t0 code line
+    shift 2
     local -a env=()
     [[ -z $rust_log ]] || env=(env "RUST_LOG=${RUST_LOG:-$rust_log}")
     for attempt in 1 2 3 4 5; do
         free_port PORT
         free_port ADMIN_PORT
-        "$config_fn" >"$TMP/hawser.yaml"
+        {
+            echo "listen: [\"127.0.0.1:$PORT\"]"
+            echo "admin: {listen: \"127.0.0.1:$ADMIN_PORT\"}"
+            echo "docker:"
+            echo "  label_prefix: $PREFIX"
+            echo "  exposed_by_default: false"
+            for line in "$@"; do echo "  $line"; done
+            echo "health_check:"
+            echo "  type: http"
+            echo "  path: /healthz"
+            echo "  interval: $HEALTH_INTERVAL"
+            echo "  timeout: 1s"
+            echo "  rise: 2"
+            echo "  fall: 2"
+        } >"$TMP/hawser.yaml"
         { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
         "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
             || die "hawser refused the generated configuration (see $HAWSER_LOG)"
@@ -573,6 +638,13 @@ bench_start_hawser() {
         die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
     done
     die "found no free port for hawser"
+}
+
+bench_access_log_setup() {
+    bench_traps
+    bench_prereqs wrk curl python3 timeout
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-$1.XXXXXX")
+    note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
 }
 
 bench_start_hawser_access_log() {
@@ -694,3 +766,30 @@ bench_exit_missed() {
         exit 3
     fi
 }
+
+# || true: read returns 1 at the end of its input, which here is the point.
+read -r -d '' BENCH_PY_ACCESS_LOG <<'PY' || true
+import calendar, json, sys
+
+def note(*a):
+    print("#", *a, file=sys.stderr)
+
+def pct(values, p):  # nearest rank
+    v = sorted(values)
+    return v[max(0, -(-len(v) * p // 100) - 1)]
+
+seconds = {}
+def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
+    s = seconds.get(ts[:19])
+    if s is None:
+        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
+                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
+    return s + int(ts[20:23]) / 1e3 + 0.0005
+
+def access_log(path):  # (line, entry) of each line of hawser's access log that is whole JSON
+    for line in open(path):
+        try:
+            yield line, json.loads(line)
+        except ValueError:
+            continue
+PY

@@ -81,37 +81,9 @@ T_START=$EPOCHREALTIME
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, at, load_running, bench_* (see there)
 
-# --- cleanup ------------------------------------------------------------------------------
-bench_names rr
-TMP=""
-HAWSER_PID=""
-WRK_PID=""
-HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
-NET_CREATED=0
-IMAGE_BUILT=0
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
-    bench_remove_docker
-    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
-    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    bench_end_hawser_log "$rc"
-}
-bench_traps
-
-# --- prerequisites ------------------------------------------------------------------------
-bench_prereqs wrk curl
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
-
-# --- hawser binary ------------------------------------------------------------------------
-bench_hawser_binary
-
-# --- backend image ------------------------------------------------------------------------
-bench_backend_image
+# --- cleanup, prerequisites, hawser binary, backend image -----------------------------------
+cleanup() { bench_cleanup_wrk_hawser $?; }
+bench_wrk_hawser_setup rr
 
 NET_CREATED=1
 docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
@@ -119,24 +91,8 @@ docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/n
 note "network $NET, hawser label prefix $PREFIX"
 
 # --- hawser -------------------------------------------------------------------------------
-hawser_config() {
-    cat <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker:
-  label_prefix: $PREFIX
-  exposed_by_default: false
-health_check:
-  type: http
-  path: /healthz
-  interval: $HEALTH_INTERVAL
-  timeout: 1s
-  rise: 2
-  fall: 2
-EOF
-}
 PORT=0
-bench_start_hawser hawser_config "" "for the empty service"
+bench_start_hawser "" "for the empty service"
 
 # --- helpers for a variant ----------------------------------------------------------------
 VARIANT=""

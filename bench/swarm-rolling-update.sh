@@ -97,61 +97,18 @@ T_START=$EPOCHREALTIME
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, at, load_running, bench_* (see there)
 
-# --- cleanup ------------------------------------------------------------------------------
-bench_names sru
-TMP=""
-HAWSER_PID=""
-WRK_PID=""
-HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
-NET_CREATED=0
-IMAGE_BUILT=0
+# --- cleanup, prerequisites, hawser binary, backend image, swarm ---------------------------
 SWARM_CREATED=0
 SVC=""
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
-    [[ -n "$SVC" ]] && bench_service_rm "$SVC"
-    bench_remove_docker
-    bench_swarm_leave
-    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
-    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    bench_end_hawser_log "$rc"
-}
-bench_traps
-
-# --- prerequisites ------------------------------------------------------------------------
-bench_prereqs wrk curl
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
-bench_hawser_binary
-bench_backend_image
+cleanup() { bench_cleanup_wrk_hawser $?; }
+bench_wrk_hawser_setup sru
 IMAGE_ID=$(bench_image_id)
 bench_swarm_join
 note "hawser label prefix $PREFIX"
 
 # --- hawser -------------------------------------------------------------------------------
-hawser_config() {
-    cat <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker:
-  label_prefix: $PREFIX
-  exposed_by_default: false
-  mode: swarm
-health_check:
-  type: http
-  path: /healthz
-  interval: $HEALTH_INTERVAL
-  timeout: 1s
-  rise: 2
-  fall: 2
-EOF
-}
 PORT=0
-bench_start_hawser hawser_config "info,hawser=debug" "with no service yet"
+bench_start_hawser "info,hawser=debug" "with no service yet" "mode: swarm"
 
 # --- helpers for a variant ----------------------------------------------------------------
 # The admin API's backends of $SVC, one "name state" line each, sorted.
