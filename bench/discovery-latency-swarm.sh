@@ -105,7 +105,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, sleep_ms, bench_* (see there)
 
 # --- cleanup ------------------------------------------------------------------------------
 bench_names dls
@@ -130,39 +130,11 @@ cleanup() {
     bench_swarm_leave
     # SIGINT: pingora's fast shutdown (SIGTERM would wait out the grace period).
     [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    if [[ -n "$TMP" && -s "$TMP/hawser.log" ]]; then
-        if ((rc != 0 && rc != 3)); then
-            echo "--- last 30 lines of hawser's log:" >&2
-            tail -n 30 "$TMP/hawser.log" >&2
-        fi
-        cp "$TMP/hawser.log" "${TMPDIR:-/tmp}/hawser-dls-${RUN_ID}.log" \
-            && note "hawser log kept: ${TMPDIR:-/tmp}/hawser-dls-${RUN_ID}.log"
-    fi
-    if [[ -n "$TMP" && -n "${BENCH_KEEP_DATA:-}" ]]; then
-        note "raw data kept in $TMP (BENCH_KEEP_DATA is set)"
-    elif [[ -n "$TMP" ]]; then
-        rm -rf "$TMP"
-    fi
-    note "total runtime $(secs_since "$T_START") s, exit code $rc"
-    exit "$rc"
+    bench_end_tmp_log "$rc" "${TMPDIR:-/tmp}/hawser-dls-${RUN_ID}.log"
 }
-bench_traps
 
-# --- prerequisites ------------------------------------------------------------------------
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v timeout >/dev/null 2>&1 || need+=(coreutils)
-bench_build_needs
-bench_apt_install "${need[@]}"
-for tool in wrk curl python3 timeout docker rustc; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
-done
-docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-dls.XXXXXX")
-note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
+# --- traps, prerequisites, temp dir -------------------------------------------------------
+bench_access_log_setup dls
 
 bench_hawser_binary
 bench_backend_image
@@ -212,26 +184,7 @@ wait_running "$BASE" "service create"
 note "service $SVC: $BASE tasks running ($(secs_since "$t") s)"
 
 # --- hawser -------------------------------------------------------------------------------
-free_port PORT
-free_port ADMIN_PORT
-cat >"$TMP/hawser.yaml" <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker: {label_prefix: $PREFIX, mode: swarm}
-access_log: json
-health_check: {type: http, path: /healthz, interval: $HEALTH_INTERVAL}
-EOF
-"$HAWSER" -t -c "$TMP/hawser.yaml" >"$TMP/hawser.log" 2>&1 </dev/null || die "hawser refused $TMP/hawser.yaml"
-RUST_LOG=${RUST_LOG:-info} "$HAWSER" -c "$TMP/hawser.yaml" >"$TMP/access.jsonl" 2>>"$TMP/hawser.log" </dev/null &
-HAWSER_PID=$!
-
-# The admin API's backends, one "name state" line each.
-backend_states() {
-    curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/services" 2>/dev/null \
-        | tr ',{}' '\n' | awk -F'"' '
-            $2 == "container_name" { name = $4 }
-            $2 == "state" && name != "" { print name, $4; name = "" }' || true
-}
+bench_start_hawser_access_log "{label_prefix: $PREFIX, mode: swarm}"
 
 # Waits until hawser's backends of the service are exactly NAMES, all ready. Polls every
 # 25 ms with as few processes as it can: the machine's CPU is what the figures are made of.
@@ -242,7 +195,7 @@ wait_backends() { # what names...
     while :; do
         kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited"
         [[ -z $WRK_PID ]] || kill -0 "$WRK_PID" 2>/dev/null || die "wrk ended early (BENCH_MAX_SECONDS=$MAX_SECONDS too short?)"
-        have=$(backend_states | grep -F "$SVC." | sort || true)
+        have=$(bench_backend_states | grep -F "$SVC." | sort || true)
         [[ $have != "$want" ]] || return 0
         (($(ms_since "$t0") < ROUTE_TIMEOUT * 1000)) \
             || die "$what: hawser's backends are '$(tr '\n' ' ' <<<"$have")', not '$(tr '\n' ' ' <<<"$want")' after ${ROUTE_TIMEOUT} s"
@@ -255,20 +208,12 @@ t=$EPOCHREALTIME
 mapfile -t names < <(task_names "$TASKS")
 wait_backends "hawser start" "${names[@]}"
 # Its proxy listener too (the admin API may answer first).
-until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null) == 200 ]]; do
-    kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited at start"
-    (($(ms_since "$t") < ROUTE_TIMEOUT * 1000)) || die "hawser does not answer 200 on 127.0.0.1:$PORT after ${ROUTE_TIMEOUT} s"
-    sleep 0.05
-done
+bench_wait_http_200 "$t" "on 127.0.0.1:$PORT"
 note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT (admin $ADMIN_PORT): $BASE tasks ready ($(secs_since "$t") s)"
 
 # --- load ---------------------------------------------------------------------------------
-printf 'function delay()\n    return math.random(0, %d)\nend\n' "$((2 * PACE_MS))" >"$TMP/pace.lua"
 CPU0=$(proc_cpu_ticks "$HAWSER_PID")
-wrk -t1 -c"$CONNECTIONS" -d"${MAX_SECONDS}s" --timeout 2s -s "$TMP/pace.lua" -H "Host: $HOST_HEADER" \
-    "http://127.0.0.1:$PORT/" >"$TMP/wrk.out" 2>&1 </dev/null &
-WRK_PID=$!
-note "wrk -t1 -c$CONNECTIONS, delay() 0-$((2 * PACE_MS)) ms per connection (pid $WRK_PID)"
+bench_wrk_paced
 
 # --- cycles -------------------------------------------------------------------------------
 : >"$TMP/new.txt"                # cycle id name port running_nanos container listening_secs
@@ -276,7 +221,7 @@ note "wrk -t1 -c$CONNECTIONS, delay() 0-$((2 * PACE_MS)) ms per connection (pid 
 : >"$TMP/timeline.txt"           # cycle up|down epoch-seconds
 declare -A SEEN=()
 while read -r id _; do SEEN[$id]=1; done <<<"$TASKS"
-hold() { sleep "$(printf '%d.%03d' $((HOLD_MS / 1000)) $((HOLD_MS % 1000)))"; } # fixed pacing
+hold() { sleep_ms "$HOLD_MS"; } # fixed pacing
 UP=$((BASE + SCALE_BY))
 for ((c = 1; c <= CYCLES; c++)); do
     t=$EPOCHREALTIME
@@ -289,9 +234,8 @@ for ((c = 1; c <= CYCLES; c++)); do
     while read -r id name port state nanos cid; do
         [[ -z ${SEEN[$id]:-} ]] || continue
         SEEN[$id]=1
-        line=$(timeout 30 docker logs "$cid" 2>&1 </dev/null | grep -m1 'listening on' || true)
-        [[ $line =~ \(unix\ time\ ([0-9]+\.[0-9]+)\) ]] || die "task $name: no 'listening on ... (unix time ...)' line in its log: $line"
-        echo "$c $id $name $port $nanos $cid ${BASH_REMATCH[1]}" >>"$TMP/new.txt"
+        bench_listening_time "$cid" "task $name"
+        echo "$c $id $name $port $nanos $cid $LISTENING" >>"$TMP/new.txt"
     done <<<"$TASKS"
     before=$TASKS
     hold
@@ -319,23 +263,7 @@ WRK_STOP=$EPOCHREALTIME
 stop_pid "$WRK_PID" INT 5 # wrk prints its summary on SIGINT
 WRK_PID=""
 CPU1=$(proc_cpu_ticks "$HAWSER_PID")
-DROPPED=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" \
-    | awk '$1 == "hawser_access_log_dropped_total" {print $2}')
-[[ -n $DROPPED ]] || die "hawser's /metrics has no hawser_access_log_dropped_total"
-((${DROPPED%%.*} == 0)) || note "WARNING: hawser dropped $DROPPED access log lines: first/last requests may be wrong"
-note "wrk: $(grep -E 'requests in' "$TMP/wrk.out" | sed -E 's/^ +//')"
-grep -E 'Socket errors|Non-2xx' "$TMP/wrk.out" | sed -E 's/^ +/# wrk: /' >&2 || true
-WRK_BAD=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-    /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$TMP/wrk.out")
-
-# The access log is written in batches every 50 ms: wait until it stops growing.
-t=$EPOCHREALTIME
-prev=-1
-while size=$(stat -c %s "$TMP/access.jsonl") && ((size != prev)); do
-    (($(ms_since "$t") < 10000)) || die "hawser's access log keeps growing after the load stopped"
-    prev=$size
-    sleep 0.2
-done
+bench_wrk_collect
 REMOVED=$(wc -l <"$TMP/removed.txt")
 t=$EPOCHREALTIME
 while (($(grep -c '"signal":"15"' "$TMP/events.jsonl" || true) < REMOVED)); do
@@ -369,14 +297,11 @@ wait_backends "idle scale" "${names[@]}"
 idle_cpu "$IDLE_TASKS" >>"$TMP/idle.txt"
 
 # --- analysis -----------------------------------------------------------------------------
-cat >"$TMP/analyse.py" <<'PY'
-import calendar, json, sys
-
+{
+    echo "$BENCH_PY_ACCESS_LOG"
+    cat <<'PY'
 tmp, wrk_bad, dropped, cpu0, cpu1, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
 wrk_stop = float(sys.argv[7])
-
-def note(*a):
-    print("#", *a, file=sys.stderr)
 
 timeline = {}
 for line in open(f"{tmp}/timeline.txt"):
@@ -397,21 +322,10 @@ for line in open(f"{tmp}/events.jsonl"):
         sigterm.setdefault(e.get("Actor", {}).get("ID"), e["timeNano"] / 1e9)
 
 # Per task (backend name, upstream port): its first and last request, hawser's receive time.
-seconds = {}
-def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
-    s = seconds.get(ts[:19])
-    if s is None:
-        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
-                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
-    return s + int(ts[20:23]) / 1e3 + 0.0005
 first, last = {}, {}
 requests = failed = retried = cut = 0
 failures = {}
-for line in open(f"{tmp}/access.jsonl"):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
+for line, e in access_log(f"{tmp}/access.jsonl"):
     requests += 1
     if e["status"] == 0 and epoch(e["time"]) >= wrk_stop - 0.001:
         cut += 1  # no answer because wrk closed its connections when it was stopped
@@ -428,10 +342,6 @@ for line in open(f"{tmp}/access.jsonl"):
         first[key] = t
     if key not in last or t > last[key]:
         last[key] = t
-
-def pct(values, p):  # nearest rank
-    v = sorted(values)
-    return v[max(0, -(-len(v) * p // 100) - 1)]
 
 rows = []
 def row(label, values, goal=""):
@@ -486,6 +396,7 @@ if never:
     note(f"{len(never)} new task(s) never got a request: {' '.join(t['name'] for t in never)}")
 sys.exit(3 if failed or wrk_bad or never or dropped else 0)
 PY
+} >"$TMP/analyse.py"
 python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" "$CPU0" "$CPU1" "$CLK_TCK" "$WRK_STOP" || {
     rc=$?
     ((rc == 3)) || die "the analysis failed"

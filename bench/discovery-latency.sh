@@ -130,7 +130,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, sleep_ms, bench_* (see there)
 
 # --- cleanup ------------------------------------------------------------------------------
 bench_names dl
@@ -158,40 +158,12 @@ cleanup() {
     bench_remove_docker
     # SIGINT: pingora's fast shutdown (SIGTERM would wait out the grace period).
     [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    if [[ -n "$TMP" && -s "$TMP/hawser.log" ]]; then
-        if ((rc != 0 && rc != 3)); then
-            echo "--- last 30 lines of hawser's log:" >&2
-            tail -n 30 "$TMP/hawser.log" >&2
-        fi
-        cp "$TMP/hawser.log" "${TMPDIR:-/tmp}/hawser-dl-${RUN_ID}.log" \
-            && note "hawser log kept: ${TMPDIR:-/tmp}/hawser-dl-${RUN_ID}.log"
-    fi
-    if [[ -n "$TMP" && -n "${BENCH_KEEP_DATA:-}" ]]; then
-        note "raw data kept in $TMP (BENCH_KEEP_DATA is set)"
-    elif [[ -n "$TMP" ]]; then
-        rm -rf "$TMP"
-    fi
-    note "total runtime $(secs_since "$T_START") s, exit code $rc"
-    exit "$rc"
+    bench_end_tmp_log "$rc" "${TMPDIR:-/tmp}/hawser-dl-${RUN_ID}.log"
 }
-bench_traps
 
-# --- prerequisites ------------------------------------------------------------------------
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v timeout >/dev/null 2>&1 || need+=(coreutils)
-bench_build_needs
-bench_apt_install "${need[@]}"
-for tool in wrk curl python3 timeout docker rustc; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
-done
-docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-dl.XXXXXX")
+# --- traps, prerequisites, temp dir -------------------------------------------------------
+bench_access_log_setup dl
 TOTAL=$((SEQUENTIAL + BURSTS * BURST_SIZE))
-note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
 ((TOTAL >= 100)) || note "only $TOTAL containers: fewer than the 100 of a full run"
 
 # --- hawser binary ------------------------------------------------------------------------
@@ -255,49 +227,15 @@ timeout 60 docker run -d "${args[@]}" "$IMAGE" >/dev/null </dev/null || die "doc
 note "$TOTAL containers created, anchor ${PREFIX}-anchor running ($(secs_since "$t") s)"
 
 # --- hawser -------------------------------------------------------------------------------
-free_port PORT
-free_port ADMIN_PORT
-cat >"$TMP/hawser.yaml" <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker: {label_prefix: $PREFIX}
-access_log: json
-health_check: {type: http, path: /healthz, interval: $HEALTH_INTERVAL}
-EOF
-"$HAWSER" -t -c "$TMP/hawser.yaml" >"$TMP/hawser.log" 2>&1 </dev/null || die "hawser refused $TMP/hawser.yaml"
-RUST_LOG=${RUST_LOG:-info} "$HAWSER" -c "$TMP/hawser.yaml" >"$TMP/access.jsonl" 2>>"$TMP/hawser.log" </dev/null &
-HAWSER_PID=$!
-
-# HTTP status of GET / with the bench Host (000 when nothing answers).
-http_status() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
-}
+bench_start_hawser_access_log "{label_prefix: $PREFIX}"
 t=$EPOCHREALTIME
-until [[ $(http_status) == 200 ]]; do
-    kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited at start"
-    (($(ms_since "$t") < ROUTE_TIMEOUT * 1000)) || die "hawser does not answer 200 through the anchor after ${ROUTE_TIMEOUT} s"
-    sleep 0.05
-done
+bench_wait_http_200 "$t" "through the anchor"
 note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT (admin $ADMIN_PORT) routes to the anchor ($(secs_since "$t") s)"
 
 # --- load ---------------------------------------------------------------------------------
-# A random delay (mean BENCH_PACE_MS) keeps the connections from falling into step, so the
-# requests are spread evenly in time rather than sent in clumps of BENCH_CONNECTIONS.
-printf 'function delay()\n    return math.random(0, %d)\nend\n' "$((2 * PACE_MS))" >"$TMP/pace.lua"
-wrk -t1 -c"$CONNECTIONS" -d"${MAX_SECONDS}s" --timeout 2s -s "$TMP/pace.lua" -H "Host: $HOST_HEADER" \
-    "http://127.0.0.1:$PORT/" >"$TMP/wrk.out" 2>&1 </dev/null &
-WRK_PID=$!
-note "wrk -t1 -c$CONNECTIONS, delay() 0-$((2 * PACE_MS)) ms per connection (pid $WRK_PID)"
+bench_wrk_paced
 
 # --- waiting on hawser's view -------------------------------------------------------------
-# The admin API's backends, one "name state" line each.
-backend_states() {
-    curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/services" 2>/dev/null \
-        | tr ',{}' '\n' | awk -F'"' '
-            $2 == "container_name" { name = $4 }
-            $2 == "state" && name != "" { print name, $4; name = "" }' || true
-}
-
 # Polls every 25 ms with as few processes as it can: the machine's CPU is what the figures
 # are made of.
 wait_until() { # ready|gone what names...
@@ -308,7 +246,7 @@ wait_until() { # ready|gone what names...
         kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited"
         kill -0 "$WRK_PID" 2>/dev/null || die "wrk ended early (BENCH_MAX_SECONDS=$MAX_SECONDS too short?)"
         state=()
-        while read -r n s; do state[$n]=$s; done < <(backend_states)
+        while read -r n s; do state[$n]=$s; done < <(bench_backend_states)
         pending=()
         for n in "$@"; do
             if [[ $want == ready ]]; then
@@ -381,7 +319,7 @@ sys.exit(1 if failed else 0)
 PY
 
 : >"$TMP/timeline.txt"           # name start_returned|stop_issued epoch-seconds
-hold() { sleep "$(printf '%d.%03d' $((HOLD_MS / 1000)) $((HOLD_MS % 1000)))"; } # fixed pacing
+hold() { sleep_ms "$HOLD_MS"; } # fixed pacing
 
 t=$EPOCHREALTIME
 for name in "${SEQ_NAMES[@]}"; do
@@ -426,24 +364,7 @@ done
 # --- collect ------------------------------------------------------------------------------
 stop_pid "$WRK_PID" INT 5 # wrk prints its summary on SIGINT
 WRK_PID=""
-# A dropped access log line could hide a container's first or last request.
-DROPPED=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" \
-    | awk '$1 == "hawser_access_log_dropped_total" {print $2}')
-[[ -n $DROPPED ]] || die "hawser's /metrics has no hawser_access_log_dropped_total"
-((${DROPPED%%.*} == 0)) || note "WARNING: hawser dropped $DROPPED access log lines: first/last requests may be wrong"
-note "wrk: $(grep -E 'requests in' "$TMP/wrk.out" | sed -E 's/^ +//')"
-grep -E 'Socket errors|Non-2xx' "$TMP/wrk.out" | sed -E 's/^ +/# wrk: /' >&2 || true
-WRK_BAD=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-    /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$TMP/wrk.out")
-
-# The access log is written in batches every 50 ms: wait until it stops growing.
-t=$EPOCHREALTIME
-prev=-1
-while size=$(stat -c %s "$TMP/access.jsonl") && ((size != prev)); do
-    (($(ms_since "$t") < 10000)) || die "hawser's access log keeps growing after the load stopped"
-    prev=$size
-    sleep 0.2
-done
+bench_wrk_collect
 # Every stopped container's `kill` event must be in before the events follower stops.
 t=$EPOCHREALTIME
 while (($(grep -c '"Action":"die"' "$TMP/events.jsonl" || true) < TOTAL)); do
@@ -457,20 +378,18 @@ EVENTS_PID="" NET_EVENTS_PID=""
 t=$EPOCHREALTIME
 : >"$TMP/listening.txt"           # name epoch-seconds
 while read -r name _ _; do
-    line=$(timeout 30 docker logs "$name" 2>&1 </dev/null | grep -m1 'listening on' || true)
-    [[ $line =~ \(unix\ time\ ([0-9]+\.[0-9]+)\) ]] || die "$name: no 'listening on ... (unix time ...)' line in its log: $line"
-    echo "$name ${BASH_REMATCH[1]}" >>"$TMP/listening.txt"
+    bench_listening_time "$name" "$name"
+    echo "$name $LISTENING" >>"$TMP/listening.txt"
 done <"$TMP/containers.txt"
 note "listening times read from $TOTAL container logs ($(secs_since "$t") s)"
 
 # --- analysis -----------------------------------------------------------------------------
-cat >"$TMP/analyse.py" <<'PY'
-import calendar, json, re, sys
+{
+    echo "$BENCH_PY_ACCESS_LOG"
+    cat <<'PY'
+import re
 
 tmp, wrk_bad, dropped = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-def note(*a):
-    print("#", *a, file=sys.stderr)
 
 phase, delay = {}, {}
 for line in open(f"{tmp}/containers.txt"):
@@ -502,21 +421,10 @@ for line in open(f"{tmp}/net-events.jsonl"):
 
 # Access log: per backend, the first and last request (hawser's receive time), and the
 # spacing of its requests (the measurement's resolution).
-seconds = {}
-def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
-    s = seconds.get(ts[:19])
-    if s is None:
-        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
-                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
-    return s + int(ts[20:23]) / 1e3 + 0.0005
 first, last, count = {}, {}, {}
 requests = failed = retried = 0
 failures = {}
-for line in open(f"{tmp}/access.jsonl"):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
+for _, e in access_log(f"{tmp}/access.jsonl"):
     requests += 1
     if not 200 <= e["status"] < 300:
         failed += 1
@@ -570,10 +478,6 @@ measures = [
     ("kill_event->hawser_drained", diff(hawser_drained, kill_event), ""),
 ]
 
-def pct(values, p):  # nearest rank
-    v = sorted(values)
-    return v[max(0, -(-len(v) * p // 100) - 1)]
-
 fmt = "%-30s %-10s %4s %8s %8s %8s  %s"
 print(fmt % ("measure", "phase", "n", "p50_ms", "p99_ms", "max_ms", "goal"))
 missed = []
@@ -613,6 +517,7 @@ if missed:
     note("goal missed: " + ", ".join(missed))
 sys.exit(3 if failed or wrk_bad or never or dropped else 0)
 PY
+} >"$TMP/analyse.py"
 python3 "$TMP/analyse.py" "$TMP" "$WRK_BAD" "${DROPPED%%.*}" || {
     rc=$?
     ((rc == 3)) || die "the analysis failed"

@@ -60,6 +60,76 @@
 #                           bench_remove_docker can remove the network and image next
 #   bench_image_id          the id (sha256:...) of $IMAGE: services are created from the id,
 #                           as a node skips the registry pull only for an id
+#   bench_prereqs TOOL...   apt-installs the missing TOOLs (timeout: coreutils) and what
+#                           bench_build_needs names (sets `need`), then dies unless the TOOLs,
+#                           the docker CLI, a Docker engine and rustc are there
+#   bench_wrk_hawser_setup TAG   the start of rolling-restart and swarm-rolling-update: bench_names
+#                           TAG, their state (TMP, HAWSER_PID, WRK_PID, NET_CREATED, IMAGE_BUILT,
+#                           HAWSER_LOG=${TMPDIR:-/tmp}/hawser-bench-$RUN_ID.log), bench_traps (the
+#                           caller defines `cleanup` first), bench_prereqs wrk curl, TMP (a new temp
+#                           dir), bench_hawser_binary, bench_backend_image
+#   bench_cleanup_wrk_hawser RC  the cleanup of rolling-restart and swarm-rolling-update, for
+#                           their EXIT/INT/TERM trap: stops wrk (WRK_PID), removes the service
+#                           $SVC when set, this run's containers, network and image and the swarm
+#                           it made (bench_swarm_leave), stops hawser (HAWSER_PID), then
+#                           bench_end_hawser_log RC
+#   bench_end_hawser_log RC the end of a cleanup whose hawser log is $HAWSER_LOG: removes $TMP,
+#                           shows the log's last 40 lines when RC != 0, says where it is kept
+#                           and the total runtime, exits RC
+#   bench_end_tmp_log RC KEPT    the same for a hawser log in $TMP/hawser.log: its last 30 lines
+#                           unless RC is 0 or 3, a copy kept as KEPT; $TMP removed unless
+#                           BENCH_KEEP_DATA is set
+#   bench_http_status       the status of GET http://127.0.0.1:$PORT/ with Host $HOST_HEADER
+#                           (000 when nothing answers)
+#   bench_start_hawser RUST_LOG_DEFAULT WHAT [DOCKER_LINE...]   picks free ports PORT and
+#                           ADMIN_PORT, writes $TMP/hawser.yaml (label prefix $PREFIX, nothing
+#                           exposed by default, the DOCKER_LINEs added to its docker: section, HTTP
+#                           health checks on /healthz every $HEALTH_INTERVAL, rise and fall 2),
+#                           checks it (-t) and starts hawser with it, logging to $HAWSER_LOG
+#                           (RUST_LOG defaulting to RUST_LOG_DEFAULT unless that is empty); waits
+#                           at most 15 s until it answers ("answers (<status> WHAT)"); a port
+#                           taken meanwhile: other ports, 5 tries. Sets HAWSER_PID
+#   bench_access_log_setup TAG   the start of discovery-latency and discovery-latency-swarm after
+#                           their state: bench_traps (the caller defines `cleanup` first),
+#                           bench_prereqs wrk curl python3 timeout, TMP (a new temp dir
+#                           hawser-TAG.*), the load average as context
+#   bench_start_hawser_access_log DOCKER_YAML    picks PORT and ADMIN_PORT and starts hawser
+#                           with `docker: DOCKER_YAML`, `access_log: json` (its stdout, into
+#                           $TMP/access.jsonl) and HTTP health checks every $HEALTH_INTERVAL;
+#                           log $TMP/hawser.log, RUST_LOG [info]. Sets HAWSER_PID
+#   bench_wait_http_200 T0 WHERE    waits until hawser answers 200 (bench_http_status), at most
+#                           $ROUTE_TIMEOUT s from T0 ("does not answer 200 WHERE"); dies when it exits
+#   bench_backend_states    hawser's backends as its admin API ($ADMIN_PORT) lists them, one
+#                           "container_name state" line each
+#   bench_wrk_start SECS    wrk --latency -t$THREADS -c$CONNECTIONS --timeout $WRK_TIMEOUT, Host
+#                           $HOST_HEADER, on $PORT for SECS s in the background; output in
+#                           $TMP/wrk-$VARIANT.out (WRK_OUT); sets WRK_PID and LOAD_T0
+#   at TEXT...              a context line stamped with the time since LOAD_T0
+#   load_running            true while wrk (WRK_PID) runs
+#   bench_wrk_finish NAME HINT [NOTE]    waits for wrk (a warning ending in HINT when it ended
+#                           before the sequence), prints its figures as context, then NOTE
+#                           unless empty, then "variant=NAME requests=<n> non2xx=<n> errors=<n>"
+#                           on stdout; adds NAME to MISSED unless non2xx and errors are 0
+#   bench_wrk_paced         wrk -t1 -c$CONNECTIONS -d$MAX_SECONDS with a random delay() of
+#                           0..2*$PACE_MS ms between a response and the next request; output in
+#                           $TMP/wrk.out; sets WRK_PID
+#   bench_wrk_collect       after the paced load stopped: sets DROPPED (hawser's dropped access
+#                           log lines, /metrics) and WRK_BAD (wrk's non-2xx and socket errors),
+#                           prints wrk's figures, waits until $TMP/access.jsonl stops growing
+#   bench_listening_time ID WHAT     sets LISTENING to the time in the test backend's
+#                           "listening on ... (unix time S)" line of container ID's log; dies
+#                           naming WHAT without one
+#   sleep_ms MS             sleeps MS milliseconds (pacing)
+#   BENCH_PY_ACCESS_LOG     Python for the front of an analysis script over hawser's JSON access
+#                           log: imports calendar, json, sys; note(*a) (a context line on stderr),
+#                           pct(values, p) (nearest rank), epoch(ts) (a log time in seconds, the
+#                           middle of its millisecond), access_log(path) ((line, entry) of each
+#                           whole line)
+#   bench_warnings_summary SED   hawser's warnings and errors in $HAWSER_LOG as context, grouped
+#                           (timestamps, addresses and what the sed expression SED matches
+#                           blanked), most frequent first, at most 12
+#   bench_exit_missed       exits 3 with "goal missed (non-2xx or errors) in: ..." on stderr
+#                           when MISSED names a variant
 
 # shellcheck disable=SC2034 # the callers use them
 bench_names() {
@@ -439,3 +509,287 @@ BENCH_AWK_STATS='
         for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 '
+
+bench_prereqs() {
+    local tool
+    need=()
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 && continue
+        if [[ $tool == timeout ]]; then need+=(coreutils); else need+=("$tool"); fi
+    done
+    bench_build_needs
+    bench_apt_install "${need[@]}"
+    for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || die "$tool not found"; done
+    command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
+    docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
+    command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
+}
+
+# shellcheck disable=SC2034 # the callers and their cleanup use them
+bench_wrk_hawser_setup() {
+    bench_names "$1"
+    TMP=""
+    HAWSER_PID=""
+    WRK_PID=""
+    HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
+    NET_CREATED=0
+    IMAGE_BUILT=0
+    bench_traps
+    bench_prereqs wrk curl
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
+    bench_hawser_binary
+    bench_backend_image
+}
+
+bench_cleanup_wrk_hawser() {
+    local rc=$1
+    set +e
+    trap - EXIT INT TERM
+    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
+    [[ -n "${SVC:-}" ]] && bench_service_rm "$SVC"
+    bench_remove_docker
+    bench_swarm_leave
+    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
+    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
+    bench_end_hawser_log "$rc"
+}
+
+bench_end_hawser_log() {
+    local rc=$1
+    [[ -n "$TMP" ]] && rm -rf "$TMP"
+    if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
+        echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
+        tail -n 40 "$HAWSER_LOG" >&2
+    fi
+    [[ -e "$HAWSER_LOG" ]] && note "hawser log kept: $HAWSER_LOG"
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
+
+bench_end_tmp_log() {
+    local rc=$1 kept=$2
+    if [[ -n "$TMP" && -s "$TMP/hawser.log" ]]; then
+        if ((rc != 0 && rc != 3)); then
+            echo "--- last 30 lines of hawser's log:" >&2
+            tail -n 30 "$TMP/hawser.log" >&2
+        fi
+        cp "$TMP/hawser.log" "$kept" && note "hawser log kept: $kept"
+    fi
+    if [[ -n "$TMP" && -n "${BENCH_KEEP_DATA:-}" ]]; then
+        note "raw data kept in $TMP (BENCH_KEEP_DATA is set)"
+    elif [[ -n "$TMP" ]]; then
+        rm -rf "$TMP"
+    fi
+    note "total runtime $(secs_since "$T_START") s, exit code $rc"
+    exit "$rc"
+}
+
+bench_http_status() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
+}
+
+bench_start_hawser() {
+    local rust_log=$1 what=$2 attempt t0 code line
+    shift 2
+    local -a env=()
+    [[ -z $rust_log ]] || env=(env "RUST_LOG=${RUST_LOG:-$rust_log}")
+    for attempt in 1 2 3 4 5; do
+        free_port PORT
+        free_port ADMIN_PORT
+        {
+            echo "listen: [\"127.0.0.1:$PORT\"]"
+            echo "admin: {listen: \"127.0.0.1:$ADMIN_PORT\"}"
+            echo "docker:"
+            echo "  label_prefix: $PREFIX"
+            echo "  exposed_by_default: false"
+            for line in "$@"; do echo "  $line"; done
+            echo "health_check:"
+            echo "  type: http"
+            echo "  path: /healthz"
+            echo "  interval: $HEALTH_INTERVAL"
+            echo "  timeout: 1s"
+            echo "  rise: 2"
+            echo "  fall: 2"
+        } >"$TMP/hawser.yaml"
+        { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
+        "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
+            || die "hawser refused the generated configuration (see $HAWSER_LOG)"
+        # env execs hawser: the pid is hawser's.
+        "${env[@]}" "$HAWSER" -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 </dev/null &
+        HAWSER_PID=$!
+        t0=$EPOCHREALTIME
+        while (($(ms_since "$t0") < 15000)); do
+            if ! kill -0 "$HAWSER_PID" 2>/dev/null; then
+                wait "$HAWSER_PID" 2>/dev/null || true
+                HAWSER_PID=""
+                if grep -qi 'in use' "$HAWSER_LOG"; then
+                    note "port $PORT taken meanwhile, trying another"
+                    continue 2
+                fi
+                die "hawser exited at start (log: $HAWSER_LOG)"
+            fi
+            code=$(bench_http_status)
+            if [[ $code != 000 ]]; then
+                note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT answers ($code $what), log $HAWSER_LOG"
+                return 0
+            fi
+            sleep 0.1
+        done
+        die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
+    done
+    die "found no free port for hawser"
+}
+
+bench_access_log_setup() {
+    bench_traps
+    bench_prereqs wrk curl python3 timeout
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-$1.XXXXXX")
+    note "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other heavy work skews every figure)"
+}
+
+bench_start_hawser_access_log() {
+    free_port PORT
+    free_port ADMIN_PORT
+    printf '%s\n' "listen: [\"127.0.0.1:$PORT\"]" "admin: {listen: \"127.0.0.1:$ADMIN_PORT\"}" "docker: $1" \
+        "access_log: json" "health_check: {type: http, path: /healthz, interval: $HEALTH_INTERVAL}" >"$TMP/hawser.yaml"
+    "$HAWSER" -t -c "$TMP/hawser.yaml" >"$TMP/hawser.log" 2>&1 </dev/null || die "hawser refused $TMP/hawser.yaml"
+    RUST_LOG=${RUST_LOG:-info} "$HAWSER" -c "$TMP/hawser.yaml" >"$TMP/access.jsonl" 2>>"$TMP/hawser.log" </dev/null &
+    HAWSER_PID=$!
+}
+
+bench_wait_http_200() {
+    local t0=$1
+    until [[ $(bench_http_status) == 200 ]]; do
+        kill -0 "$HAWSER_PID" 2>/dev/null || die "hawser exited at start"
+        (($(ms_since "$t0") < ROUTE_TIMEOUT * 1000)) || die "hawser does not answer 200 $2 after ${ROUTE_TIMEOUT} s"
+        sleep 0.05
+    done
+}
+
+bench_backend_states() {
+    curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/services" 2>/dev/null \
+        | tr ',{}' '\n' | awk -F'"' '
+            $2 == "container_name" { name = $4 }
+            $2 == "state" && name != "" { print name, $4; name = "" }' || true
+}
+
+# shellcheck disable=SC2034 # the callers use them
+bench_wrk_start() {
+    WRK_OUT="$TMP/wrk-$VARIANT.out"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout "$WRK_TIMEOUT" --latency \
+        -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" >"$WRK_OUT" 2>&1 </dev/null &
+    WRK_PID=$!
+    LOAD_T0=$EPOCHREALTIME
+    note "wrk -t$THREADS -c$CONNECTIONS -d${1}s --timeout $WRK_TIMEOUT (pid $WRK_PID)"
+}
+
+at() { note "$(printf '%7s' "+$(secs_since "$LOAD_T0")s") $*"; }
+
+load_running() { kill -0 "$WRK_PID" 2>/dev/null; }
+
+bench_wrk_finish() {
+    local name=$1 rc=0 out requests non2xx errors
+    load_running || note "WARNING: the load ended before the sequence finished; $2"
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    ((rc == 0)) || { cat "$WRK_OUT" >&2; die "wrk exited with status $rc"; }
+    out=$(cat "$WRK_OUT")
+    requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
+    [[ -n "$requests" ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
+    non2xx=$(sed -nE 's/^ *Non-2xx or 3xx responses: *([0-9]+).*/\1/p' <<<"$out")
+    non2xx=${non2xx:-0}
+    errors=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
+    errors=$((${errors:-0}))
+    echo "$out" | grep -E '^ +Latency |requests in|Socket errors|Non-2xx|Requests/sec' \
+        | sed -E 's/^ +/  /; s/^/# wrk: /' >&2
+    echo "$out" | grep -E '^ +(50|99)%' | sed -E 's/^ +//' | paste -sd' ' | sed 's/^/# wrk latency percentiles: /' >&2
+    [[ -z ${3:-} ]] || note "$3"
+    echo "variant=$name requests=$requests non2xx=$non2xx errors=$errors"
+    ((non2xx == 0 && errors == 0)) || MISSED+=("$name")
+}
+
+# A random delay (mean PACE_MS) keeps the connections from falling into step, so the
+# requests are spread evenly in time rather than sent in clumps of CONNECTIONS.
+bench_wrk_paced() {
+    printf 'function delay()\n    return math.random(0, %d)\nend\n' "$((2 * PACE_MS))" >"$TMP/pace.lua"
+    wrk -t1 -c"$CONNECTIONS" -d"${MAX_SECONDS}s" --timeout 2s -s "$TMP/pace.lua" -H "Host: $HOST_HEADER" \
+        "http://127.0.0.1:$PORT/" >"$TMP/wrk.out" 2>&1 </dev/null &
+    WRK_PID=$!
+    note "wrk -t1 -c$CONNECTIONS, delay() 0-$((2 * PACE_MS)) ms per connection (pid $WRK_PID)"
+}
+
+# shellcheck disable=SC2034 # the callers use them
+bench_wrk_collect() {
+    local t prev size
+    # A dropped access log line could hide a first or last request.
+    DROPPED=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" \
+        | awk '$1 == "hawser_access_log_dropped_total" {print $2}')
+    [[ -n $DROPPED ]] || die "hawser's /metrics has no hawser_access_log_dropped_total"
+    ((${DROPPED%%.*} == 0)) || note "WARNING: hawser dropped $DROPPED access log lines: first/last requests may be wrong"
+    note "wrk: $(grep -E 'requests in' "$TMP/wrk.out" | sed -E 's/^ +//')"
+    grep -E 'Socket errors|Non-2xx' "$TMP/wrk.out" | sed -E 's/^ +/# wrk: /' >&2 || true
+    WRK_BAD=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
+        /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$TMP/wrk.out")
+    # The access log is written in batches every 50 ms: wait until it stops growing.
+    t=$EPOCHREALTIME
+    prev=-1
+    while size=$(stat -c %s "$TMP/access.jsonl") && ((size != prev)); do
+        (($(ms_since "$t") < 10000)) || die "hawser's access log keeps growing after the load stopped"
+        prev=$size
+        sleep 0.2
+    done
+}
+
+bench_listening_time() {
+    local line
+    line=$(timeout 30 docker logs "$1" 2>&1 </dev/null | grep -m1 'listening on' || true)
+    [[ $line =~ \(unix\ time\ ([0-9]+\.[0-9]+)\) ]] || die "$2: no 'listening on ... (unix time ...)' line in its log: $line"
+    LISTENING=${BASH_REMATCH[1]}
+}
+
+sleep_ms() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
+
+bench_warnings_summary() {
+    local summary
+    summary=$(grep -E '^\[[^ ]+ +(WARN|ERROR) ' "$HAWSER_LOG" \
+        | sed -E 's/^\[[^ ]+ +//; s/[0-9]+(\.[0-9]+){3}(:[0-9]+)?/<addr>/g; '"$1" \
+        | sort | uniq -c | sort -rn || true)
+    if [[ -n "$summary" ]]; then
+        note "hawser warnings/errors by kind (count, message):"
+        awk 'NR <= 12 { print "#  " substr($0, 1, 300) }' <<<"$summary" >&2
+    fi
+}
+
+bench_exit_missed() {
+    if ((${#MISSED[@]})); then
+        echo "goal missed (non-2xx or errors) in: ${MISSED[*]}" >&2
+        exit 3
+    fi
+}
+
+# || true: read returns 1 at the end of its input, which here is the point.
+read -r -d '' BENCH_PY_ACCESS_LOG <<'PY' || true
+import calendar, json, sys
+
+def note(*a):
+    print("#", *a, file=sys.stderr)
+
+def pct(values, p):  # nearest rank
+    v = sorted(values)
+    return v[max(0, -(-len(v) * p // 100) - 1)]
+
+seconds = {}
+def epoch(ts):  # "2026-11-25T08:40:13.123Z" -> seconds, taken as the middle of the millisecond
+    s = seconds.get(ts[:19])
+    if s is None:
+        s = seconds[ts[:19]] = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]),
+                                                int(ts[11:13]), int(ts[14:16]), int(ts[17:19])))
+    return s + int(ts[20:23]) / 1e3 + 0.0005
+
+def access_log(path):  # (line, entry) of each line of hawser's access log that is whole JSON
+    for line in open(path):
+        try:
+            yield line, json.loads(line)
+        except ValueError:
+            continue
+PY

@@ -79,53 +79,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, at, load_running, bench_* (see there)
 
-# --- cleanup ------------------------------------------------------------------------------
-bench_names rr
-TMP=""
-HAWSER_PID=""
-WRK_PID=""
-HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
-NET_CREATED=0
-IMAGE_BUILT=0
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
-    bench_remove_docker
-    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
-    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    [[ -n "$TMP" ]] && rm -rf "$TMP"
-    if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
-        echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
-        tail -n 40 "$HAWSER_LOG" >&2
-    fi
-    [[ -e "$HAWSER_LOG" ]] && note "hawser log kept: $HAWSER_LOG"
-    note "total runtime $(secs_since "$T_START") s, exit code $rc"
-    exit "$rc"
-}
-bench_traps
-
-# --- prerequisites ------------------------------------------------------------------------
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-bench_build_needs
-bench_apt_install "${need[@]}"
-command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
-docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
-command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
-
-# --- hawser binary ------------------------------------------------------------------------
-bench_hawser_binary
-
-# --- backend image ------------------------------------------------------------------------
-bench_backend_image
+# --- cleanup, prerequisites, hawser binary, backend image -----------------------------------
+cleanup() { bench_cleanup_wrk_hawser $?; }
+bench_wrk_hawser_setup rr
 
 NET_CREATED=1
 docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/null \
@@ -133,63 +91,17 @@ docker network create --label "${RUN_LABEL}=${RUN_ID}" "$NET" >/dev/null </dev/n
 note "network $NET, hawser label prefix $PREFIX"
 
 # --- hawser -------------------------------------------------------------------------------
-# HTTP status of GET / with the bench Host (000 when nothing answers).
-http_status() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
-}
-
-start_hawser() {
-    local attempt
-    for attempt in 1 2 3 4 5; do
-        free_port PORT
-        free_port ADMIN_PORT
-        cat >"$TMP/hawser.yaml" <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker:
-  label_prefix: $PREFIX
-  exposed_by_default: false
-health_check:
-  type: http
-  path: /healthz
-  interval: $HEALTH_INTERVAL
-  timeout: 1s
-  rise: 2
-  fall: 2
-EOF
-        { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
-        "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
-            || die "hawser refused the generated configuration (see $HAWSER_LOG)"
-        "$HAWSER" -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 </dev/null &
-        HAWSER_PID=$!
-        local t0=$EPOCHREALTIME code
-        while (($(ms_since "$t0") < 15000)); do
-            if ! kill -0 "$HAWSER_PID" 2>/dev/null; then
-                wait "$HAWSER_PID" 2>/dev/null || true
-                HAWSER_PID=""
-                if grep -qi 'in use' "$HAWSER_LOG"; then
-                    note "port $PORT taken meanwhile, trying another"
-                    continue 2
-                fi
-                die "hawser exited at start (log: $HAWSER_LOG)"
-            fi
-            code=$(http_status)
-            if [[ $code != 000 ]]; then
-                note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT answers ($code for the empty service), log $HAWSER_LOG"
-                return 0
-            fi
-            sleep 0.1
-        done
-        die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
-    done
-    die "found no free port for hawser"
-}
 PORT=0
-start_hawser
+bench_start_hawser "" "for the empty service"
 
 # --- helpers for a variant ----------------------------------------------------------------
 VARIANT=""
 MISSED=()
+# bench_wrk_finish, and the routing probes' count when they saw a non-200 during the load.
+finish_load() { # variant-name
+    bench_wrk_finish "$1" "raise BENCH_DURATION" \
+        "$( ((PROBE_NON200 == 0)) || echo "the routing probes (curl) got $PROBE_NON200 non-200 answers during the load")"
+}
 run_backend() { # name [extra docker args...]
     local name=$1
     shift
@@ -248,45 +160,6 @@ wait_routed() {
     return 0
 }
 
-# Starts wrk in the background; its output goes to $TMP/wrk-$VARIANT.out.
-start_load() { # duration
-    WRK_OUT="$TMP/wrk-$VARIANT.out"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout "$WRK_TIMEOUT" --latency \
-        -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" >"$WRK_OUT" 2>&1 </dev/null &
-    WRK_PID=$!
-    LOAD_T0=$EPOCHREALTIME
-    note "wrk -t$THREADS -c$CONNECTIONS -d${1}s --timeout $WRK_TIMEOUT (pid $WRK_PID)"
-}
-
-at() { note "$(printf '%7s' "+$(secs_since "$LOAD_T0")s") $*"; }
-
-load_running() { kill -0 "$WRK_PID" 2>/dev/null; }
-
-# Waits for wrk, then prints the result line and context.
-finish_load() { # variant-name
-    local name=$1 rc=0
-    if ! load_running; then
-        note "WARNING: the load ended before the sequence finished; raise BENCH_DURATION"
-    fi
-    wait "$WRK_PID" || rc=$?
-    WRK_PID=""
-    ((rc == 0)) || { cat "$WRK_OUT" >&2; die "wrk exited with status $rc"; }
-    local out requests non2xx errors
-    out=$(cat "$WRK_OUT")
-    requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
-    [[ -n "$requests" ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
-    non2xx=$(sed -nE 's/^ *Non-2xx or 3xx responses: *([0-9]+).*/\1/p' <<<"$out")
-    non2xx=${non2xx:-0}
-    errors=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
-    errors=$((${errors:-0}))
-    echo "$out" | grep -E '^ +Latency |requests in|Socket errors|Non-2xx|Requests/sec' \
-        | sed -E 's/^ +/  /; s/^/# wrk: /' >&2
-    echo "$out" | grep -E '^ +(50|99)%' | sed -E 's/^ +//' | paste -sd' ' | sed 's/^/# wrk latency percentiles: /' >&2
-    ((PROBE_NON200 == 0)) || note "the routing probes (curl) got $PROBE_NON200 non-200 answers during the load"
-    echo "variant=$name requests=$requests non2xx=$non2xx errors=$errors"
-    ((non2xx == 0 && errors == 0)) || MISSED+=("$name")
-}
-
 remove_variant_containers() {
     local ids
     ids=$(docker ps -aq --filter "label=${RUN_LABEL}.variant=${VARIANT}" --filter "label=${RUN_LABEL}=${RUN_ID}")
@@ -311,7 +184,7 @@ variant_replace() { # letter name [extra docker run args...]
     wait_routed "${olds[@]}"
     note "3 replicas started and routed in $(secs_since "$t") s"
 
-    start_load "$DURATION"
+    bench_wrk_start "$DURATION"
     sleep "$WARMUP"
     for i in 0 1 2; do
         old=${olds[$i]} new=${news[$i]}
@@ -345,7 +218,7 @@ variant_kill() {
     wait_routed "${names[@]}"
     note "3 replicas started and routed in $(secs_since "$t") s"
 
-    start_load "$KILL_DURATION"
+    bench_wrk_start "$KILL_DURATION"
     sleep "$KILL_AT"
     victim=${names[1]}
     t=$EPOCHREALTIME
@@ -364,16 +237,6 @@ for v in "${VARIANTS[@]}"; do
     esac
 done
 
-# Context from hawser's log: its warnings and errors, grouped (addresses, container names
-# and timestamps blanked), most frequent first.
-summary=$(grep -E '^\[[^ ]+ +(WARN|ERROR) ' "$HAWSER_LOG" \
-    | sed -E 's/^\[[^ ]+ +//; s/[0-9]+(\.[0-9]+){3}(:[0-9]+)?/<addr>/g; s/'"$PREFIX"'-[abc]-[0-9](-new)?/<container>/g' \
-    | sort | uniq -c | sort -rn || true)
-if [[ -n "$summary" ]]; then
-    note "hawser warnings/errors by kind (count, message):"
-    awk 'NR <= 12 { print "#  " substr($0, 1, 300) }' <<<"$summary" >&2
-fi
-if ((${#MISSED[@]})); then
-    echo "goal missed (non-2xx or errors) in: ${MISSED[*]}" >&2
-    exit 3
-fi
+# Context from hawser's log (container names blanked), then exit 3 when a variant missed.
+bench_warnings_summary 's/'"$PREFIX"'-[abc]-[0-9](-new)?/<container>/g'
+bench_exit_missed

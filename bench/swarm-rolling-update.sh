@@ -95,120 +95,24 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_START=$EPOCHREALTIME
 
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, bench_* (see there)
+. "$REPO/bench/lib.sh" # note, die, ms_since, secs_since, free_port, at, load_running, bench_* (see there)
 
-# --- cleanup ------------------------------------------------------------------------------
-bench_names sru
-TMP=""
-HAWSER_PID=""
-WRK_PID=""
-HAWSER_LOG="${TMPDIR:-/tmp}/hawser-bench-${RUN_ID}.log"
-NET_CREATED=0
-IMAGE_BUILT=0
+# --- cleanup, prerequisites, hawser binary, backend image, swarm ---------------------------
 SWARM_CREATED=0
 SVC=""
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [[ -n "$WRK_PID" ]] && stop_pid "$WRK_PID" TERM 5
-    [[ -n "$SVC" ]] && bench_service_rm "$SVC"
-    bench_remove_docker
-    bench_swarm_leave
-    # SIGINT: pingora's fast shutdown (SIGTERM would wait out the 5 s grace period).
-    [[ -n "$HAWSER_PID" ]] && stop_pid "$HAWSER_PID" INT 10
-    [[ -n "$TMP" ]] && rm -rf "$TMP"
-    if ((rc != 0)) && [[ -s "$HAWSER_LOG" ]]; then
-        echo "--- last 40 lines of the hawser log ($HAWSER_LOG):" >&2
-        tail -n 40 "$HAWSER_LOG" >&2
-    fi
-    [[ -e "$HAWSER_LOG" ]] && note "hawser log kept: $HAWSER_LOG"
-    note "total runtime $(secs_since "$T_START") s, exit code $rc"
-    exit "$rc"
-}
-bench_traps
-
-# --- prerequisites ------------------------------------------------------------------------
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-bench_build_needs
-bench_apt_install "${need[@]}"
-command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
-docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 </dev/null || die "no Docker engine answers (docker info failed)"
-command -v rustc >/dev/null 2>&1 || die "rustc not found (install Rust: https://rustup.rs)"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hawser-bench.XXXXXX")
-bench_hawser_binary
-bench_backend_image
+cleanup() { bench_cleanup_wrk_hawser $?; }
+bench_wrk_hawser_setup sru
 IMAGE_ID=$(bench_image_id)
 bench_swarm_join
 note "hawser label prefix $PREFIX"
 
 # --- hawser -------------------------------------------------------------------------------
-http_status() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" 2>/dev/null || true
-}
-
-start_hawser() {
-    local attempt
-    for attempt in 1 2 3 4 5; do
-        free_port PORT
-        free_port ADMIN_PORT
-        cat >"$TMP/hawser.yaml" <<EOF
-listen: ["127.0.0.1:$PORT"]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-docker:
-  label_prefix: $PREFIX
-  exposed_by_default: false
-  mode: swarm
-health_check:
-  type: http
-  path: /healthz
-  interval: $HEALTH_INTERVAL
-  timeout: 1s
-  rise: 2
-  fall: 2
-EOF
-        { echo "--- $(date -u +%FT%TZ) config $TMP/hawser.yaml:"; cat "$TMP/hawser.yaml"; echo "---"; } >>"$HAWSER_LOG"
-        "$HAWSER" -t -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 \
-            || die "hawser refused the generated configuration (see $HAWSER_LOG)"
-        RUST_LOG=${RUST_LOG:-info,hawser=debug} "$HAWSER" -c "$TMP/hawser.yaml" >>"$HAWSER_LOG" 2>&1 </dev/null &
-        HAWSER_PID=$!
-        local t0=$EPOCHREALTIME code
-        while (($(ms_since "$t0") < 15000)); do
-            if ! kill -0 "$HAWSER_PID" 2>/dev/null; then
-                wait "$HAWSER_PID" 2>/dev/null || true
-                HAWSER_PID=""
-                if grep -qi 'in use' "$HAWSER_LOG"; then
-                    note "port $PORT taken meanwhile, trying another"
-                    continue 2
-                fi
-                die "hawser exited at start (log: $HAWSER_LOG)"
-            fi
-            code=$(http_status)
-            if [[ $code != 000 ]]; then
-                note "hawser pid $HAWSER_PID on 127.0.0.1:$PORT answers ($code with no service yet), log $HAWSER_LOG"
-                return 0
-            fi
-            sleep 0.1
-        done
-        die "hawser does not answer on 127.0.0.1:$PORT after 15 s (log: $HAWSER_LOG)"
-    done
-    die "found no free port for hawser"
-}
 PORT=0
-start_hawser
+bench_start_hawser "info,hawser=debug" "with no service yet" "mode: swarm"
 
 # --- helpers for a variant ----------------------------------------------------------------
 # The admin API's backends of $SVC, one "name state" line each, sorted.
-backend_states() {
-    curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/services" 2>/dev/null \
-        | tr ',{}' '\n' | awk -F'"' '
-            $2 == "container_name" { name = $4 }
-            $2 == "state" && name != "" { print name, $4; name = "" }' | grep -F "$SVC." | sort || true
-}
+backend_states() { bench_backend_states | grep -F "$SVC." | sort || true; }
 
 # Waits until hawser has exactly BENCH_REPLICAS backends of $SVC, SVC.1 .. SVC.N, all ready.
 wait_all_ready() { # what
@@ -249,41 +153,7 @@ remove_service() {
     SVC=""
 }
 
-start_load() { # duration
-    WRK_OUT="$TMP/wrk-$VARIANT.out"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${1}s" --timeout "$WRK_TIMEOUT" --latency \
-        -H "Host: $HOST_HEADER" "http://127.0.0.1:$PORT/" >"$WRK_OUT" 2>&1 </dev/null &
-    WRK_PID=$!
-    LOAD_T0=$EPOCHREALTIME
-    note "wrk -t$THREADS -c$CONNECTIONS -d${1}s --timeout $WRK_TIMEOUT (pid $WRK_PID)"
-}
-
-at() { note "$(printf '%7s' "+$(secs_since "$LOAD_T0")s") $*"; }
-
-load_running() { kill -0 "$WRK_PID" 2>/dev/null; }
-
 MISSED=()
-# Waits for wrk, then prints the result line and context.
-finish_load() { # variant-name
-    local name=$1 rc=0
-    load_running || note "WARNING: the load ended before the sequence finished; raise the duration"
-    wait "$WRK_PID" || rc=$?
-    WRK_PID=""
-    ((rc == 0)) || { cat "$WRK_OUT" >&2; die "wrk exited with status $rc"; }
-    local out requests non2xx errors
-    out=$(cat "$WRK_OUT")
-    requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
-    [[ -n "$requests" ]] || { echo "$out" >&2; die "cannot parse wrk's output"; }
-    non2xx=$(sed -nE 's/^ *Non-2xx or 3xx responses: *([0-9]+).*/\1/p' <<<"$out")
-    non2xx=${non2xx:-0}
-    errors=$(sed -nE 's/^ *Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+).*/\1+\2+\3+\4/p' <<<"$out")
-    errors=$((${errors:-0}))
-    echo "$out" | grep -E '^ +Latency |requests in|Socket errors|Non-2xx|Requests/sec' \
-        | sed -E 's/^ +/  /; s/^/# wrk: /' >&2
-    echo "$out" | grep -E '^ +(50|99)%' | sed -E 's/^ +//' | paste -sd' ' | sed 's/^/# wrk latency percentiles: /' >&2
-    echo "variant=$name requests=$requests non2xx=$non2xx errors=$errors"
-    ((non2xx == 0 && errors == 0)) || MISSED+=("$name")
-}
 
 # --- variants -----------------------------------------------------------------------------
 variant_update() { # order
@@ -291,7 +161,7 @@ variant_update() { # order
     local name="swarm-$1" t state vt0=$EPOCHREALTIME
     note "=== variant $name"
     create_service
-    start_load "$DURATION"
+    bench_wrk_start "$DURATION"
     sleep "$WARMUP" # load before the update: pacing, not synchronisation
     t=$EPOCHREALTIME
     timeout 60 docker service update -d -q --force --update-order "$1" "$SVC" </dev/null >/dev/null \
@@ -306,7 +176,7 @@ variant_update() { # order
     at "update ${state:-not started} ($(secs_since "$t") s)"
     wait_all_ready "after the update"
     at "all $REPLICAS new tasks ready in hawser ($(secs_since "$t") s after the update began); waiting for wrk"
-    finish_load "$name"
+    bench_wrk_finish "$name" "raise the duration"
     note "hawser's log on $SVC: $(grep -F "$SVC." "$HAWSER_LOG" | grep -c 'leaving: its task is being shut down' || true) tasks marked leaving by a poll, $(grep -F "$SVC." "$HAWSER_LOG" | grep -c 'Draining (signal' || true) draining by their kill event"
     remove_service
     note "variant $name took $(secs_since "$vt0") s"
@@ -317,7 +187,7 @@ variant_kill() {
     local name=swarm-kill t victim vt0=$EPOCHREALTIME
     note "=== variant $name"
     create_service
-    start_load "$KILL_DURATION"
+    bench_wrk_start "$KILL_DURATION"
     sleep "$KILL_AT" # pacing
     victim=$(docker ps -q --filter "label=com.docker.swarm.service.name=$SVC" </dev/null | head -n1)
     [[ -n $victim ]] || die "variant $name: no task container of $SVC"
@@ -331,7 +201,7 @@ variant_kill() {
     done
     wait_all_ready "after the kill"
     at "the replacement task ready in hawser ($(secs_since "$t") s after the kill); waiting for wrk"
-    finish_load "$name"
+    bench_wrk_finish "$name" "raise the duration"
     remove_service
     note "variant $name took $(secs_since "$vt0") s"
 }
@@ -343,16 +213,6 @@ for v in "${VARIANTS[@]}"; do
     esac
 done
 
-# Context from hawser's log: its warnings and errors, grouped (addresses, task names and
-# timestamps blanked), most frequent first.
-summary=$(grep -E '^\[[^ ]+ +(WARN|ERROR) ' "$HAWSER_LOG" \
-    | sed -E 's/^\[[^ ]+ +//; s/[0-9]+(\.[0-9]+){3}(:[0-9]+)?/<addr>/g; s/'"$PREFIX"'-[a-z-]+\.[0-9]+/<task>/g' \
-    | sort | uniq -c | sort -rn || true)
-if [[ -n "$summary" ]]; then
-    note "hawser warnings/errors by kind (count, message):"
-    awk 'NR <= 12 { print "#  " substr($0, 1, 300) }' <<<"$summary" >&2
-fi
-if ((${#MISSED[@]})); then
-    echo "goal missed (non-2xx or errors) in: ${MISSED[*]}" >&2
-    exit 3
-fi
+# Context from hawser's log (task names blanked), then exit 3 when a variant missed.
+bench_warnings_summary 's/'"$PREFIX"'-[a-z-]+\.[0-9]+/<task>/g'
+bench_exit_missed
