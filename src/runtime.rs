@@ -755,7 +755,7 @@ fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
         if let Some(l) = st.live.get(&(b.container_id.clone(), b.addr)) {
             backend.ext.insert(Arc::clone(l));
         }
-        let fallback = !any_ready && b.gate == Some(Gate::Leaving) && serves_if_asked(b, st);
+        let fallback = !any_ready && b.gate == Some(Gate::Leaving) && ungated_state(b, st) == BackendState::Ready;
         snapshot.enabled.insert(backend_key(&backend), state == BackendState::Ready || fallback);
         snapshot.backends.insert(backend);
     }
@@ -766,11 +766,16 @@ fn snapshot_of(backends: &[BackendPlan], st: &State) -> Snapshot {
 /// HEALTHCHECK), then a manual drain, then the proxy's ejection, then the active probe.
 fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
     match b.gate {
-        Some(Gate::Draining | Gate::Leaving) => return BackendState::Draining,
-        Some(Gate::Paused | Gate::DockerUnhealthy) => return BackendState::Unhealthy,
-        Some(Gate::Restarting | Gate::DockerStarting) => return BackendState::Starting,
-        None => {}
+        Some(Gate::Draining | Gate::Leaving) => BackendState::Draining,
+        Some(Gate::Paused | Gate::DockerUnhealthy) => BackendState::Unhealthy,
+        Some(Gate::Restarting | Gate::DockerStarting) => BackendState::Starting,
+        None => ungated_state(b, st),
     }
+}
+
+/// A backend's state by hawser's own word alone, whatever Docker's gate says: a manual drain,
+/// then the proxy's ejection, then the active probe.
+fn ungated_state(b: &BackendPlan, st: &State) -> BackendState {
     if st.drained.contains(&b.container_id) {
         return BackendState::Draining;
     }
@@ -783,14 +788,6 @@ fn backend_state(b: &BackendPlan, st: &State) -> BackendState {
         Some(ProbeStatus::Unhealthy) => BackendState::Unhealthy,
         Some(ProbeStatus::Starting) | None => BackendState::Starting,
     }
-}
-
-/// Whether a backend its gate keeps out would serve: not drained, not ejected, its probe passes.
-fn serves_if_asked(b: &BackendPlan, st: &State) -> bool {
-    let key = (b.container_id.clone(), b.addr);
-    !st.drained.contains(&b.container_id)
-        && !st.live.get(&key).is_some_and(|l| l.is_ejected())
-        && st.probes.get(&key) == Some(&ProbeStatus::Ready)
 }
 
 /// How requests and probes dial the backends of `plan`.

@@ -126,8 +126,8 @@ fn validate_engine_name(name: &str) -> Result<(), String> {
 }
 
 /// The host of a TCP endpoint that is not this machine: its IP, or (as an error) its name.
-/// `None` for Unix sockets and loopback.
-fn remote_host(endpoint: &str) -> Option<Result<IpAddr, String>> {
+/// `None` for Unix sockets, loopback addresses and `localhost`.
+pub fn remote_host(endpoint: &str) -> Option<Result<IpAddr, String>> {
     let rest = endpoint.strip_prefix("tcp://").or_else(|| endpoint.strip_prefix("http://"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     let host = match authority.rsplit_once(':') {
@@ -136,7 +136,8 @@ fn remote_host(endpoint: &str) -> Option<Result<IpAddr, String>> {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
-        Ok(ip) if ip.is_loopback() => None,
+        // Connecting to 0.0.0.0 reaches this machine.
+        Ok(ip) if ip.is_loopback() || ip.is_unspecified() => None,
         Ok(ip) => Some(Ok(ip)),
         Err(_) if host.eq_ignore_ascii_case("localhost") => None,
         Err(_) => Some(Err(host.to_string())),
@@ -260,5 +261,16 @@ mod tests {
         assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
         assert_eq!(err("docker: {endpoints: []}").key, "docker.endpoints");
         assert_eq!(err("docker:\n  endpoints:\n    - {name: a, endpoint: \"unix:///a\", color: red}\n").key, "docker.endpoints[0].color");
+    }
+
+    #[test]
+    fn remote_hosts() {
+        for local in ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "tcp://localhost:2375", "tcp://[::1]:2375", "http://127.0.0.2", "tcp://LOCALHOST"] {
+            assert_eq!(remote_host(local), None, "{local}");
+        }
+        assert_eq!(remote_host("tcp://192.0.2.7:2375"), Some(Ok("192.0.2.7".parse().unwrap())));
+        assert_eq!(remote_host("tcp://[2001:db8::1]:2376"), Some(Ok("2001:db8::1".parse().unwrap())));
+        assert_eq!(remote_host("tcp://0.0.0.0:2375"), None, "connecting to 0.0.0.0 reaches this machine");
+        assert_eq!(remote_host("tcp://docker.example:2376"), Some(Err("docker.example".to_string())));
     }
 }

@@ -50,18 +50,6 @@ fn client_tls(tls: &crate::config::EngineTls) -> Result<rustls::ClientConfig, St
         .map_err(|e| format!("{} and {}: {e}", tls.cert.display(), tls.key.display()))
 }
 
-/// Whether `host:port` (or `[v6]:port`, or a bare host) names a loopback address or
-/// `localhost`.
-pub fn is_loopback_authority(authority: &str) -> bool {
-    let authority = authority.split('/').next().unwrap_or(authority);
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// A client for raw `GET`s to one engine, at one API version.
 #[derive(Clone)]
 pub struct RawApi {
@@ -162,15 +150,5 @@ mod tests {
         let engine = |e: &str| super::super::Engine { name: None, endpoint: e.into(), tls: None, address_host: None };
         assert!(RawApi::new(&engine("ssh://x"), "1.41").is_err());
         assert!(RawApi::new(&engine("unix:///var/run/docker.sock"), "1.41").is_ok());
-    }
-
-    #[test]
-    fn loopback_authorities() {
-        for yes in ["127.0.0.1:2375", "localhost:2375", "[::1]:2375", "127.0.0.2", "LOCALHOST"] {
-            assert!(is_loopback_authority(yes), "{yes}");
-        }
-        for no in ["192.0.2.7:2375", "docker.example:2376", "[2001:db8::1]:2375", "0.0.0.0:2375"] {
-            assert!(!is_loopback_authority(no), "{no}");
-        }
     }
 }

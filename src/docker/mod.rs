@@ -845,9 +845,9 @@ pub fn connect(engine: &Engine) -> Result<Docker, String> {
             .map_err(|e| format!("cannot use Docker endpoint {endpoint} with TLS: {e}"));
     }
     static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    if let Some(host) = endpoint.strip_prefix("tcp://").or_else(|| endpoint.strip_prefix("http://")) {
+    if crate::config::docker::remote_host(endpoint).is_some() {
         let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-        if !api::is_loopback_authority(host) && !warned.contains(&engine.endpoint) {
+        if !warned.contains(&engine.endpoint) {
             warned.push(engine.endpoint.clone());
             warn!(
                 "{}: plain TCP to a host that is not loopback: anyone who can reach it controls the engine; use TLS (docker.endpoints[].tls, or DOCKER_TLS_VERIFY)",
