@@ -254,8 +254,12 @@ impl ProxyHttp for HawserProxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let svc = ctx.service.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
         let tried = &ctx.tried;
+        // An ejected backend is passed over at once: the ejection's new selector is published
+        // by the service's updater task a moment later (seen: a request 0.5 ms after it).
         let backend = svc.lb.select_with(b"", MAX_SELECT_ITERATIONS, |b, ready| {
-            ready && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+            ready
+                && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+                && !b.ext.get::<Arc<BackendLive>>().is_some_and(|l| l.is_ejected())
         });
         let Some(backend) = backend else {
             // 503 when nothing was ready to begin with; 502 when every ready one failed.
