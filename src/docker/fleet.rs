@@ -86,7 +86,7 @@ pub struct EngineView {
     pub connected: bool,
     /// `manager` while its swarm is read, `off` when not, or why it cannot be.
     pub swarm: String,
-    /// Entries (containers, tasks) it contributes now.
+    /// Entries (containers, tasks) it contributes now (counted when shown).
     pub containers: usize,
     /// The last error talking to it, if the last attempt failed.
     pub error: Option<String>,
@@ -159,10 +159,6 @@ impl Fleet {
         for id in ids {
             runtime.update_container(config, &env, &st.containers, &engine.key(id), cause);
         }
-        let count = st.owned.get(engine.id()).map_or(0, BTreeSet::len);
-        if let Some((v, _)) = st.views.get_mut(engine.id()) {
-            v.containers = count;
-        }
     }
 
     /// Engine `engine`'s whole map is `local` now (after a fresh list): rebuilds the catalog.
@@ -174,10 +170,6 @@ impl Fleet {
         }
         for (id, c) in local {
             st.set(engine, id, Some(c));
-        }
-        let count = st.owned.get(engine.id()).map_or(0, BTreeSet::len);
-        if let Some((v, _)) = st.views.get_mut(engine.id()) {
-            v.containers = count;
         }
         let env = st.env();
         runtime.apply(Catalog::build(config, st.containers.values(), &env), cause);
@@ -192,9 +184,6 @@ impl Fleet {
             st.containers.remove(key);
         }
         st.envs.remove(engine.id());
-        if let Some((v, _)) = st.views.get_mut(engine.id()) {
-            v.containers = 0;
-        }
         if !keys.is_empty() {
             let env = st.env();
             runtime.apply(Catalog::build(config, st.containers.values(), &env), cause);
@@ -216,13 +205,11 @@ impl Fleet {
     /// is whether at least one engine is connected.
     pub fn set_standing(&self, runtime: &Runtime, engine: &Engine, connected: bool, swarm: Option<String>, error: Option<String>) {
         let mut st = self.state();
-        let count = st.owned.get(engine.id()).map_or(0, BTreeSet::len);
         let entry = st.views.entry(engine.id().to_string()).or_insert_with(|| {
             (EngineView { name: engine.name.clone(), endpoint: engine.endpoint.clone(), swarm: "off".into(), ..EngineView::default() }, None)
         });
         let (view, lost) = entry;
         view.connected = connected;
-        view.containers = count;
         if let Some(s) = swarm {
             view.swarm = s;
         }
@@ -238,10 +225,14 @@ impl Fleet {
     }
 
     pub fn engines_view(&self) -> Vec<EngineView> {
-        self.state()
-            .views
-            .values()
-            .map(|(v, lost)| EngineView { lost_for_seconds: lost.map(|t| t.elapsed().as_secs()), ..v.clone() })
+        let st = self.state();
+        st.views
+            .iter()
+            .map(|(id, (v, lost))| EngineView {
+                containers: st.owned.get(id).map_or(0, BTreeSet::len),
+                lost_for_seconds: lost.map(|t| t.elapsed().as_secs()),
+                ..v.clone()
+            })
             .collect()
     }
 }
@@ -285,7 +276,10 @@ mod tests {
         fleet.replace(&runtime, &config, &a, &one, &Environment::default(), &cause);
         fleet.replace(&runtime, &config, &b, &one, &Environment::default(), &cause);
         assert_eq!(fleet.state().containers.keys().cloned().collect::<Vec<_>>(), ["a/web-id", "b/web-id"]);
+        fleet.register(&a);
+        assert_eq!(fleet.engines_view()[0].containers, 1, "what it owns, counted when shown");
         assert_eq!(fleet.forget(&runtime, &config, &a, &cause), 1);
+        assert_eq!(fleet.engines_view()[0].containers, 0);
         assert_eq!(fleet.state().containers.keys().cloned().collect::<Vec<_>>(), ["b/web-id"]);
         fleet.update(&runtime, &config, &b, &BTreeMap::new(), &Environment::default(), &["web-id".to_string()], &cause);
         assert!(fleet.state().containers.is_empty());
