@@ -214,8 +214,10 @@ fn refused_default_handshakes_and_the_handshake_deadline() {
     assert!(connect(s.tls_addr, Some("unknown.test"), &["http/1.1"]).is_err(), "unknown SNI refused");
     assert!(connect(s.tls_addr, None, &["http/1.1"]).is_err(), "no SNI refused");
     assert_eq!(names(&s, Some("app.test")), ["app.test", "moved.test"]);
-    let metrics = admin_request(s.h.admin, "GET", "/metrics", None).unwrap().body;
-    assert!(metric(&metrics, "hawser_tls_handshake_errors_total{reason=\"no_certificate\"}").unwrap() >= 2.0, "{metrics}");
+    wait_until("both refused handshakes counted", SECS_5, || {
+        let m = admin_request(s.h.admin, "GET", "/metrics", None).ok()?.body;
+        (metric(&m, "hawser_tls_handshake_errors_total{reason=\"no_certificate\"}")? >= 2.0).then_some(())
+    });
 
     // A client that connects and sends no ClientHello is closed after clients.header_timeout.
     let mut idle = TcpStream::connect(s.tls_addr).unwrap();
@@ -232,8 +234,11 @@ fn refused_default_handshakes_and_the_handshake_deadline() {
     let start = Instant::now();
     let _ = std::io::Read::read(&mut half, &mut buf);
     assert!(start.elapsed() < Duration::from_secs(5), "closed after {:?}", start.elapsed());
-    let metrics = admin_request(s.h.admin, "GET", "/metrics", None).unwrap().body;
-    assert!(metric(&metrics, "hawser_tls_handshake_errors_total{reason=\"timeout\"}").unwrap() >= 2.0, "{metrics}");
+    // Counted once the handshake's future has ended, which closed the connection first.
+    wait_until("both handshake timeouts counted", SECS_5, || {
+        let m = admin_request(s.h.admin, "GET", "/metrics", None).ok()?.body;
+        (metric(&m, "hawser_tls_handshake_errors_total{reason=\"timeout\"}")? >= 2.0).then_some(())
+    });
     // Cleartext HTTP on the TLS port is no TLS: closed, and counted.
     let mut plain = TcpStream::connect(s.tls_addr).unwrap();
     plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
