@@ -41,6 +41,7 @@ use crate::metrics::ServiceMetrics;
 use crate::passive::BackendLive;
 use crate::runtime::{Runtime, Service};
 use crate::streams::{self, LongLived};
+use crate::upstream::hold::Hold;
 use pingora::protocols::http::v1::common::is_expect_continue_req;
 
 /// Bound on candidates looked at per selection: enough to walk past every disabled entry of a
@@ -116,6 +117,9 @@ pub struct RequestCtx {
     /// the access log count it, not the 200 that gRPC's form puts on the wire, so that a
     /// missing route or backend reads the same whichever protocol the client spoke.
     grpc_answered: Option<u16>,
+    /// The hold on this attempt's backend connection: a bodyless HTTP/1.1 upgrade request
+    /// (see [`crate::upstream::hold`]).
+    hold: Option<Arc<crate::upstream::hold::Hold>>,
 }
 
 impl HawserProxy {
@@ -167,6 +171,7 @@ impl ProxyHttp for HawserProxy {
             websocket: None,
             tls: false,
             grpc_answered: None,
+            hold: None,
         }
     }
 
@@ -251,7 +256,7 @@ impl ProxyHttp for HawserProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let svc = ctx.service.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
         let tried = &ctx.tried;
         // An ejected backend is passed over at once: the ejection's new selector is published
@@ -292,7 +297,28 @@ impl ProxyHttp for HawserProxy {
             peer.options.max_h2_streams = svc.proxy.h2_streams_per_connection as usize;
             peer.options.h2_ping_interval = svc.proxy.h2_ping_interval;
         }
+        let downstream = session.as_downstream_mut();
+        ctx.hold = Hold::needed(downstream.is_upgrade_req(), downstream.is_body_empty(), !upstream.scheme.is_h2())
+            .then(|| Hold::peer(&mut peer, svc.proxy.connect_timeout));
         Ok(Box::new(peer))
+    }
+
+    /// A held request's connection is up (its TLS handshake done) and its head not yet
+    /// written: from here its reads wait for the request's end of body (see
+    /// [`crate::upstream::hold`]).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !reused && let Some(hold) = &ctx.hold {
+            hold.arm();
+        }
+        Ok(())
     }
 
     /// The request as the backend gets it: the normalised target when it differs from the
@@ -363,9 +389,12 @@ impl ProxyHttp for HawserProxy {
         &self,
         session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream && let Some(hold) = &ctx.hold {
+            hold.release();
+        }
         let Some(max) = ctx.service.as_ref().and_then(|s| s.proxy.max_body_size) else { return Ok(()) };
         let downstream = session.as_downstream();
         if !downstream.was_upgraded() && downstream.body_bytes_read() as u64 > max {

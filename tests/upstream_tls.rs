@@ -6,6 +6,8 @@
 //!   (`server_name`) or the request's own host (one of the service's exact hosts);
 //! - a name the certificate does not cover: 502 at once, counted as a connect error, logged;
 //!   a probe that fails verification keeps the backend out with a reason that says so;
+//! - 100 upgraded connections (101, then an echo) over TLS to the backend, none ended at
+//!   its 101 (each a fresh, held connection: `src/upstream/hold.rs`);
 //! - `tls_verify: false`: 200 from an origin whose certificate nothing would verify;
 //! - probes speak TLS: the origin saw `/healthz` over TLS, and a cleartext-only backend of
 //!   an https service is never ready and never gets a cleartext request;
@@ -79,7 +81,7 @@ fn serve_tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, seen
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
-        let (mut host, mut close) = (String::new(), false);
+        let (mut host, mut close, mut upgrade) = (String::new(), false, None);
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -93,6 +95,7 @@ fn serve_tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, seen
                 match k.trim().to_ascii_lowercase().as_str() {
                     "host" => host = v.trim().to_string(),
                     "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+                    "upgrade" => upgrade = Some(v.trim().to_string()),
                     _ => {}
                 }
             }
@@ -100,6 +103,25 @@ fn serve_tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, seen
         let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
         let sni = reader.get_ref().conn.server_name().map(str::to_string);
         seen.lock().unwrap().push(Seen { sni, path: path.clone(), host });
+        if let Some(protocol) = upgrade {
+            // An upgrade: 101, then an echo of whatever comes until the client closes.
+            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n");
+            if reader.get_mut().write_all(resp.as_bytes()).and_then(|()| reader.get_mut().flush()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let stream = reader.get_mut();
+                        if stream.write_all(&buf[..n]).and_then(|()| stream.flush()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let body = format!("{name} {path}");
         let resp = format!("HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         let stream = reader.get_mut();
@@ -214,6 +236,30 @@ fn yaml_services_verify_their_tls_backends() {
     assert_eq!(origin.snis("/a"), [Some("backend.internal".to_string())], "{:?}", origin.seen());
     // The name toward the backend is not the request's: its Host goes through as sent.
     assert!(origin.seen().iter().any(|s| s.path == "/a" && s.host == "verified.test"), "{:?}", origin.seen());
+    // Upgraded connections over TLS to the backend (a fresh, held connection each: see
+    // src/upstream/hold.rs): every tunnel echoes its first bytes, none ends at its 101.
+    for i in 0..100 {
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        s.set_read_timeout(Some(SECS_5)).unwrap();
+        let request = "GET /tunnel HTTP/1.1\r\nHost: verified.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        s.write_all(request.as_bytes()).unwrap();
+        let text = format!("over-tls-{i}");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut sent = false;
+        while !String::from_utf8_lossy(&got).contains(&text) {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+            assert!(n > 0, "tunnel {i} over TLS ended; got {:?}\nhawser log:\n{}", String::from_utf8_lossy(&got), h.log());
+            got.extend_from_slice(&buf[..n]);
+            if !sent && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+                s.write_all(text.as_bytes()).unwrap();
+                sent = true;
+            }
+        }
+    }
+    assert_eq!(origin.snis("/tunnel").len(), 100, "every tunnel a TLS connection with SNI: {:?}", origin.snis("/tunnel"));
+    assert!(origin.snis("/tunnel").iter().all(|s| s.as_deref() == Some("backend.internal")));
     // Without server_name, a request for one of the service's exact hosts sends that host.
     let r = wait_response("a-byhost.test routed over TLS", h.addr, "a-byhost.test", "/b", SECS_10, |r| r.status == 200);
     assert_eq!(r.body, "origin /b");

@@ -124,8 +124,7 @@ fn a_real_client_echoes_through_hawser_and_closes_cleanly() {
     let mut client = Client::start(&python, &h);
     let open = client.line(Duration::from_secs(30), &h);
     assert_eq!(open, "open", "the client's exchange through hawser");
-    // Resolved from the 101 on; a first tunnel that pingora ended (the client's one retry)
-    // may take a moment to leave the gauge.
+    // Counted from the 101 on.
     wait_until("the gauge to show the one open WebSocket", SECS_5, || (websockets(&h) == Some(1.0)).then_some(()));
 
     writeln!(client.0.stdin, "close").expect("tell the client to close");

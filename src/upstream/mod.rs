@@ -8,6 +8,9 @@
 //! over TLS); requests share connections, up to the service's `h2_streams_per_connection`
 //! each, which the proxy sets on the peer with the ping interval.
 //!
+//! A bodyless HTTP/1.1 upgrade request (WebSocket) gets a fresh connection whose reads wait
+//! until pingora is ready for the backend's `101`: see [`hold`].
+//!
 //! Invariants:
 //! - Certificates are verified unless the service says `tls_verify: false`. The SNI is never
 //!   empty: pingora's rustls connector silently skips all verification for an empty SNI.
@@ -23,6 +26,8 @@
 //!   time, a label when the catalog first meets its path, through [`CaFiles`]); peers share
 //!   the parsed certificates, so no connection touches the file system. A changed file takes
 //!   effect at hawser's next start.
+
+pub mod hold;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
