@@ -248,7 +248,8 @@ fn yaml_services_verify_their_tls_backends() {
         let mut buf = [0u8; 1024];
         let mut sent = false;
         while !String::from_utf8_lossy(&got).contains(&text) {
-            let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+            let n = std::io::Read::read(&mut s, &mut buf)
+                .unwrap_or_else(|e| panic!("tunnel {i} over TLS: no echo ({e}); got {:?}\nhawser log:\n{}", String::from_utf8_lossy(&got), h.log()));
             assert!(n > 0, "tunnel {i} over TLS ended; got {:?}\nhawser log:\n{}", String::from_utf8_lossy(&got), h.log());
             got.extend_from_slice(&buf[..n]);
             if !sent && got.windows(4).any(|w| w == b"\r\n\r\n") {

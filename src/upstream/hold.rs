@@ -24,10 +24,21 @@
 //!   never delays a read.
 //! - A read waits only between arm and release, which are the same request's two steps; the
 //!   wait is inside pingora's read timeout for the answer, and ends with the request.
-//! - Held connections are never pooled for another request (a group key of their own and no
-//!   idle time), so each held request gets a fresh connection with its own hold.
+//! - A held request never takes a pooled connection, and a held connection never serves
+//!   another request: held peers have a pool group of their own, so no ordinary connection
+//!   matches them; a held connection that pingora pools after a refused upgrade (keep-alive)
+//!   expires at the pool's next timer tick (idle time zero), and until then pingora's reuse
+//!   check drops it, since a virtual socket has no descriptor to match the peer against. Each
+//!   held request gets a fresh connection with its own hold.
 //! - Release does not depend on arm having come first: both are flags, so no order of the
 //!   two can leave a read waiting for good.
+//! - The one yield is spent only while the task has co-operative budget left, so the queued
+//!   end of body cannot be passed over by a `recv` that tokio's budget turned into Pending.
+//!
+//! Not held: an upgrade request with a body (a WebSocket handshake is a GET without one),
+//! where the race remains when the 101 is read before the body's last piece.
+//! The connector ignores peer options hawser does not set (bind address, receive buffer,
+//! DSCP, TCP fast open, socket tweaks); TCP keep-alive and no-delay are applied.
 
 use std::fmt;
 use std::io;
@@ -113,8 +124,11 @@ impl Hold {
                 return Poll::Pending;
             }
         }
-        // Released: yield once, so the queued end of body is taken before the answer.
-        self.state.fetch_or(PASSED, Ordering::AcqRel);
+        // Released: yield once, so the queued end of body is taken before the answer. The
+        // yield counts only when the `recv` that follows it can run (has budget).
+        if tokio::task::coop::has_budget_remaining() {
+            self.state.fetch_or(PASSED, Ordering::AcqRel);
+        }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -162,7 +176,7 @@ impl VirtualSocket for HeldSocket {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
         match opt {
             VirtualSockOpt::NoDelay => self.tcp.set_nodelay(true),
-            // hawser sets no TCP keep-alive on backend connections.
+            VirtualSockOpt::KeepAlive(ka) => pingora::protocols::l4::ext::set_tcp_keepalive(&self.tcp, &ka).map_err(io::Error::other),
             _ => Ok(()),
         }
     }

@@ -78,8 +78,8 @@ def echo_in_order(ws, first, count, window=100):
 
 def run_client(addr, host, count):
     with open_connection(addr, host) as ws:
-        # The first echo right after the 101: pingora 0.9 used to end about one tunnel in 60
-        # here (cloudflare/pingora#946) until hawser held the backend's answer back
+        # The first echo right after the 101: pingora 0.9 ends some tunnels there
+        # (cloudflare/pingora#946; 26 of 800 in tests/streams.rs) unless hawser holds the backend's answer back
         # (src/upstream/hold.rs); a tunnel that ends now fails the test.
         echo_in_order(ws, 0, 1)
         check_then_close(ws, count)
