@@ -2,7 +2,8 @@
 //! tests/common/pebble.rs): a labelled container gets a certificate a curl trusting only
 //! pebble's root accepts; a restart serves the stored one and orders nothing; short
 //! certificates renew on their own; a CA that is gone leaves the old certificate serving and
-//! the failure backed off; two hawsers sharing one storage directory order once between them.
+//! the failure backed off, across a restart too; two hawsers sharing one storage directory
+//! order once between them.
 
 mod common;
 
@@ -241,6 +242,20 @@ fn short_certificates_renew_on_their_own_and_a_dead_ca_backs_off() {
     assert!(orders(&h, "failed") >= 1.0, "{}", h.log());
     assert_served_by(https, &root, &backend, &h);
     h.wait_log(&format!("ACME: {APP}: no certificate:"), SECS_5);
+
+    // A restart (a crash loop, say) does not order again at once: the run of failures is in
+    // the storage, and the new process waits for the same next attempt. Ordering at once
+    // would fail at once too (the CA is still gone) and count a failed order.
+    let failed = certificate(&h, APP).expect("the host's line");
+    drop(h);
+    let h = start(&env, &config(&pebble, http, https, &storage.0), http);
+    let restarted = wait_certificate(&h, &pebble, APP, "the stored certificate and failures", SECS_10, |c| {
+        c["source"] == "acme" && !c["error"].is_null()
+    });
+    assert_eq!(restarted["next_renewal"], failed["next_renewal"], "restarted: {restarted}\nbefore: {failed}\nhawser log:\n{}", h.log());
+    assert_eq!(restarted["error"], failed["error"], "{restarted}");
+    assert_eq!(orders(&h, "failed"), 0.0, "ordered at once after the restart\nhawser log:\n{}", h.log());
+    assert_served_by(https, &root, &backend, &h);
 }
 
 /// Answers pebble's HTTP-01 requests from whichever hawser has the token: the two hawsers of

@@ -365,6 +365,22 @@ impl AcmeManager {
             Loaded::Missing => info!("ACME: {name}: no stored certificate; ordering one from {}", self.config.directory),
             Loaded::Unusable(why) => warn!("ACME: {name}: the stored certificate cannot be used ({why}); ordering a new one"),
         }
+        // The failures of an earlier run still count: a restart does not order at once.
+        match shared.storage.load_failures(name) {
+            Ok(Some(f)) => {
+                host.failures = f.failures;
+                host.next_attempt = host.next_attempt.max(f.next_attempt);
+                info!(
+                    "ACME: {name}: {} failed order(s) in a row before this start (last: {}); next attempt at {}",
+                    f.failures,
+                    f.error,
+                    unix_to_text(host.next_attempt)
+                );
+                host.error = Some(f.error);
+            }
+            Ok(None) => {}
+            Err(e) => warn!("ACME: {name}: the record of earlier failures cannot be read ({e}); ignored"),
+        }
     }
 
     /// Takes in what a task brought back.
@@ -390,8 +406,12 @@ impl AcmeManager {
         let Some(name) = state.tasks.remove(&id) else { return };
         let Some(host) = state.hosts.get_mut(&name) else { return };
         host.job = None;
+        let storage = state.shared.as_ref().map(|s| &s.storage);
         match outcome {
             Outcome::Got { cert, origin, ordered, save_error } => {
+                if let Some(Err(e)) = storage.map(|s| s.clear_failures(&name)) {
+                    warn!("ACME: {name}: {e}");
+                }
                 let not_after = cert.not_after;
                 host.adopt(cert, origin, now);
                 host.next_attempt = host.next_attempt.max(now + MIN_REORDER);
@@ -419,6 +439,9 @@ impl AcmeManager {
                 host.failures = host.failures.saturating_add(1);
                 let delay = schedule::retry_delay(host.failures, random_unit());
                 host.next_attempt = now + delay;
+                if let Some(Err(e)) = storage.map(|s| s.save_failures(&name, host.failures, host.next_attempt, &failure.why)) {
+                    warn!("ACME: {name}: the failure is not recorded for a restart: {e}");
+                }
                 if failure.asked_ca {
                     metrics().acme_order("failed");
                 }

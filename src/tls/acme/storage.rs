@@ -9,6 +9,7 @@
 //!   certificates/<host>/<host>.key          private key (PEM)
 //!   certificates/<host>/<host>.json         issuer directory, validity, when it was issued
 //!   certificates/<host>/.lock
+//!   certificates/<host>/failures.json       failed orders in a row, the last error, the next attempt
 //! ```
 //!
 //! `<CA>` is the directory URL without its scheme, `/` written `_` and `:` written `+` (other
@@ -75,6 +76,21 @@ pub enum Loaded {
     Usable(Box<Stored>),
     /// Files are there but cannot be served: why.
     Unusable(String),
+}
+
+/// A host's run of failed orders (`failures.json`), kept so that a restarted hawser waits as
+/// the last one would have: a crash loop must not re-order at each start (Let's Encrypt
+/// allows 5 failed validations per hour for an account and host).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failures {
+    /// The directory URL of the CA the orders went to; another CA's record does not count.
+    pub directory: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: i64,
+    /// The last failure's reason.
+    pub error: String,
 }
 
 /// The account file's content.
@@ -189,6 +205,42 @@ impl Storage {
         write_atomic(&crt, &cert.chain_pem)?;
         write_atomic(&dir.join(format!("{host}.json")), &json)?;
         Ok(Stored { cert: cert.clone(), meta, path: crt })
+    }
+
+    fn failures_path(&self, host: &str) -> Result<PathBuf, String> {
+        if !storable_name(host) {
+            return Err(format!("{host:?} cannot be a file name in the ACME storage"));
+        }
+        Ok(self.root.join("certificates").join(host).join("failures.json"))
+    }
+
+    /// The run of failed orders stored for `host` with the configured CA; `Ok(None)` when
+    /// there is none (or it concerns another CA).
+    pub fn load_failures(&self, host: &str) -> Result<Option<Failures>, String> {
+        let path = self.failures_path(host)?;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let f: Failures = read_json(&path)?;
+        Ok(Some(f).filter(|f| f.directory == self.directory))
+    }
+
+    /// Records the run of failed orders for `host`.
+    pub fn save_failures(&self, host: &str, failures: u32, next_attempt: i64, error: &str) -> Result<(), String> {
+        let dir = self.host_dir(host)?;
+        let f = Failures { directory: self.directory.clone(), failures, next_attempt, error: error.to_string() };
+        let json = serde_json::to_vec_pretty(&f).map_err(|e| e.to_string())?;
+        write_atomic(&dir.join("failures.json"), &json)
+    }
+
+    /// Forgets the run of failed orders for `host` (a certificate was issued or found).
+    pub fn clear_failures(&self, host: &str) -> Result<(), String> {
+        let path = self.failures_path(host)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+        }
     }
 
     /// The stored account for the configured CA. A file that cannot be read as one is moved
@@ -343,6 +395,30 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(r.join("certificates/a.test")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn a_run_of_failures_is_kept_per_host_and_ca_and_can_be_cleared() {
+        let (_d, r) = root("failures");
+        let s = Storage::open(&r, DIR).unwrap();
+        assert_eq!(s.load_failures("a.test"), Ok(None));
+        s.save_failures("a.test", 3, 5_000, "the CA said no").unwrap();
+        let want = Failures { directory: DIR.to_string(), failures: 3, next_attempt: 5_000, error: "the CA said no".to_string() };
+        assert_eq!(s.load_failures("a.test"), Ok(Some(want)));
+        assert_eq!(mode(&r.join("certificates/a.test/failures.json")), 0o600);
+        // Another CA's storage view does not count it.
+        let other = Storage::open(&r, "https://other.test/dir").unwrap();
+        assert_eq!(other.load_failures("a.test"), Ok(None));
+        // Garbage is an error to report, not a panic and not a record.
+        std::fs::write(r.join("certificates/b.test.json"), b"").unwrap();
+        std::fs::create_dir_all(r.join("certificates/b.test")).unwrap();
+        std::fs::write(r.join("certificates/b.test/failures.json"), b"{not json").unwrap();
+        assert!(s.load_failures("b.test").unwrap_err().contains("not what hawser wrote"));
+        // A name that cannot be a file name is refused, not looked up.
+        assert!(s.load_failures("../x").is_err());
+        s.clear_failures("a.test").unwrap();
+        assert_eq!(s.load_failures("a.test"), Ok(None));
+        s.clear_failures("a.test").unwrap();
     }
 
     #[test]
