@@ -3,7 +3,7 @@
 //! pebble's root accepts; a restart serves the stored one and orders nothing; short
 //! certificates renew on their own; a CA that is gone leaves the old certificate serving and
 //! the failure backed off, across a restart too; two hawsers sharing one storage directory
-//! order once between them.
+//! order once between them, and a challenge reaching the one that did not order is answered.
 
 mod common;
 
@@ -341,4 +341,33 @@ fn two_hawsers_sharing_a_storage_directory_order_once() {
     let root = pebble.issuing_root();
     assert_served_by(https_a, &root, &backend, &a);
     assert_served_by(https_b, &root, &backend, &b);
+}
+
+/// Behind one load balancer, the CA's validation request can reach a hawser that is not the
+/// one ordering. Here pebble validates on B, which shares A's storage but has no route that
+/// asks TLS for the host (another label prefix: it sees no container), so only A orders;
+/// B answers A's challenge from the storage (`<storage>/challenges/<token>`).
+#[test]
+fn a_challenge_is_answered_by_a_hawser_that_did_not_order() {
+    let env = TestEnv::new("acme-ha");
+    let backend = app(&env);
+    let (http_a, https_a, http_b, https_b) = (loopback(), loopback(), loopback(), loopback());
+    let pebble = Pebble::start("ha", PebbleOptions { http_port: http_b.port(), validity_secs: None });
+    let storage = TempDir::new("acme-ha-storage");
+    let mut a = env.spawn_hawser(&config(&pebble, http_a, https_a, &storage.0), &[], &[]);
+    let b_config = config(&pebble, http_b, https_b, &storage.0).replace("\"$PREFIX\"", &format!("\"hawser-test-none-{}\"", std::process::id()));
+    let mut b = env.spawn_hawser(&b_config, &[], &[]);
+    a.addr = http_a;
+    b.addr = http_b;
+    a.wait_ready(SECS_10);
+    b.wait_ready(SECS_10);
+    let issued = wait_certificate(&a, &pebble, APP, "a certificate validated through B", SECS_30, |c| c["source"] == "acme");
+    assert!(issued["error"].is_null(), "{issued}");
+    assert_eq!(orders(&a, "issued"), 1.0, "A:\n{}", a.log());
+    assert_eq!(orders(&b, "issued") + orders(&b, "failed"), 0.0, "B ordered\nB:\n{}", b.log());
+    assert!(certificate(&b, APP).is_none(), "B has no route asking TLS for {APP}");
+    assert_served_by(https_a, &pebble.issuing_root(), &backend, &a);
+    // The order's answers are gone from the storage with it.
+    let left: Vec<_> = std::fs::read_dir(storage.0.join("challenges")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "challenge answers left behind: {left:?}");
 }

@@ -10,6 +10,7 @@
 //!   certificates/<host>/<host>.json         issuer directory, validity, when it was issued
 //!   certificates/<host>/.lock
 //!   certificates/<host>/failures.json       failed orders in a row, the last error, the next attempt
+//!   challenges/<token>                      HTTP-01 answers of orders in flight (crate::tls::challenge)
 //! ```
 //!
 //! `<CA>` is the directory URL without its scheme, `/` written `_` and `:` written `+` (other
