@@ -86,7 +86,6 @@ fn main() {
         config.clients.max_connections.unwrap_or_else(|| hawser::edge::conn::connection_budget(descriptors));
     // Shared with other hawsers through the ACME storage (see hawser::tls::challenge).
     let challenges = Arc::new(Challenges::new(config.tls.acme.as_ref().map(|a| a.storage.join("challenges"))));
-    challenges.sweep();
     let mut logic = HawserProxy::new(Arc::clone(&runtime), config.access_log, &config.clients);
     if let Some(first) = config.tls.listen.first() {
         logic = logic.with_https(HttpsEdge { challenges: Arc::clone(&challenges), port: first.port() });

@@ -209,7 +209,7 @@ impl ProxyHttp for HawserProxy {
         let host = target.host.as_ref().map_or("", |h| &h.host);
         if let Some(https) = self.https.as_ref().filter(|_| !ctx.tls)
             && target.path.starts_with(challenge::PREFIX)
-            && let Some(answer) = https.challenges.answer(&target.path)
+            && let Some(answer) = https.challenges.answer(&target.path).await
         {
             debug!("ACME challenge answered for {host:?}");
             respond_typed::<&str>(session, 200, answer, "application/octet-stream", &[]).await?;

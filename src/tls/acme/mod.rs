@@ -175,6 +175,9 @@ enum Outcome {
     /// another one sharing it.
     Got { cert: Certificate, origin: String, ordered: bool, save_error: Option<String> },
     Failed(Failure),
+    /// Another hawser sharing the storage failed to order it, and its next attempt is still
+    /// to come: this one waits for it too.
+    Deferred(storage::Failures),
     /// The CA's renewal window and when to ask again (seconds); `None`: the CA has no ARI.
     Window(Option<(Window, u64)>),
     AriFailed(String),
@@ -230,6 +233,7 @@ impl BackgroundService for AcmeManager {
 impl AcmeManager {
     fn setup(&self) -> Result<Shared, String> {
         let storage = Storage::open(&self.config.storage, &self.config.directory)?;
+        self.challenges.sweep();
         let client = http::CaClient::new(&self.config)?;
         Ok(Shared {
             storage,
@@ -368,19 +372,37 @@ impl AcmeManager {
         // The failures of an earlier run still count: a restart does not order at once.
         match shared.storage.load_failures(name) {
             Ok(Some(f)) => {
-                host.failures = f.failures;
-                host.next_attempt = host.next_attempt.max(f.next_attempt);
-                info!(
-                    "ACME: {name}: {} failed order(s) in a row before this start (last: {}); next attempt at {}",
-                    f.failures,
-                    f.error,
-                    unix_to_text(host.next_attempt)
-                );
-                host.error = Some(f.error);
+                // Stale: a certificate that is not due yet was issued since, or the run of
+                // failures ended long ago (a host whose route comes back months later).
+                let renewed = host.renew_at().is_some_and(|t| t > now);
+                if renewed || f.next_attempt < now - schedule::MAX_RETRY {
+                    if let Err(e) = shared.storage.clear_failures(name) {
+                        warn!("ACME: {name}: {e}");
+                    }
+                    return;
+                }
+                self.follow(name, host, f, now, "before this start", shared.storage.failures_path(name).ok());
             }
             Ok(None) => {}
             Err(e) => warn!("ACME: {name}: the record of earlier failures cannot be read ({e}); ignored"),
         }
+    }
+
+    /// Takes over a run of failures recorded in the storage (by an earlier run of this hawser,
+    /// or by another one sharing the storage): its count, its error and its next attempt,
+    /// never more than [`schedule::MAX_RETRY`] away (a clock that was wrong cannot stop
+    /// renewals for longer).
+    fn follow(&self, name: &str, host: &mut Host, f: storage::Failures, now: i64, when: &str, file: Option<std::path::PathBuf>) {
+        host.failures = f.failures;
+        host.next_attempt = host.next_attempt.max(f.next_attempt.min(now + schedule::MAX_RETRY));
+        let file = file.map_or_else(String::new, |f| format!(" (delete {} and restart to try at once)", f.display()));
+        info!(
+            "ACME: {name}: {} failed order(s) in a row {when} (last: {}); next attempt at {}{file}",
+            f.failures,
+            f.error,
+            unix_to_text(host.next_attempt)
+        );
+        host.error = Some(f.error);
     }
 
     /// Takes in what a task brought back.
@@ -457,6 +479,10 @@ impl AcmeManager {
                 );
                 host.error = Some(failure.why);
             }
+            Outcome::Deferred(f) => {
+                let file = storage.and_then(|s| s.failures_path(&name).ok());
+                self.follow(&name, host, f, now, "by another hawser sharing the storage", file);
+            }
             Outcome::Window(Some((window, retry))) => {
                 state.ari = Ari::Offered;
                 host.window = Some(window);
@@ -517,6 +543,12 @@ async fn renew(shared: &Shared, host: &str, current: Option<Vec<u8>>, replaces: 
         if newer && !due {
             return Outcome::Got { cert: stored.cert, origin: stored.path.display().to_string(), ordered: false, save_error: None };
         }
+    }
+    // Another hawser sharing the storage failed just now: its back-off holds for all.
+    if let Ok(Some(f)) = shared.storage.load_failures(host)
+        && f.next_attempt > unix_now()
+    {
+        return Outcome::Deferred(f);
     }
     // The semaphore is never closed.
     let _permit = shared.orders.acquire().await.ok();

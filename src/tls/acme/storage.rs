@@ -208,7 +208,7 @@ impl Storage {
         Ok(Stored { cert: cert.clone(), meta, path: crt })
     }
 
-    fn failures_path(&self, host: &str) -> Result<PathBuf, String> {
+    pub fn failures_path(&self, host: &str) -> Result<PathBuf, String> {
         if !storable_name(host) {
             return Err(format!("{host:?} cannot be a file name in the ACME storage"));
         }
@@ -333,9 +333,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    // hawsers sharing the storage from containers are all PID 1: a random part keeps their
+    // temporary names apart.
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}-{random:016x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let mut created = false;
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(&tmp)?;
+        created = true;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -344,7 +350,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         std::fs::File::open(dir)?.sync_all()
     })();
     written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        // Only a file this call made is removed, never another writer's.
+        if created {
+            let _ = std::fs::remove_file(&tmp);
+        }
         format!("cannot write {}: {e}", path.display())
     })
 }
