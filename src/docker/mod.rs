@@ -258,7 +258,12 @@ impl DockerWatcher {
         let mut events = docker.events(Some(EventsOptions { since: Some(since), until: None, filters: Some(filters) }));
 
         let listed_at = unix_nanos();
-        cursor.env = own_environment(&docker).await;
+        // hawser's own container can only be on an engine of this machine.
+        cursor.env = if crate::config::docker::remote_host(&engine.endpoint).is_some() {
+            Environment::default()
+        } else {
+            own_environment(&docker).await
+        };
         let (swarm, swarm_standing) = self.reads_swarm(&docker, endpoint).await?;
         // Tasks stay as last read until the manager says otherwise.
         let tasks: Vec<Container> = cursor.containers.values().filter(|c| c.origin != Origin::Container).cloned().collect();
@@ -319,8 +324,8 @@ impl DockerWatcher {
                     }
                 }
                 _ = recheck.tick(), if auto && !swarm => {
-                    let info = tokio::time::timeout(PING_TIMEOUT, docker.info()).await;
-                    if info.ok().and_then(Result::ok).and_then(|i| i.swarm).and_then(|s| s.control_available).unwrap_or(false) {
+                    let standing = tokio::time::timeout(PING_TIMEOUT, manager_standing(&docker)).await;
+                    if standing.ok().and_then(Result::ok).is_some_and(|(manager, _)| manager) {
                         return Err("the engine is a swarm manager now: reconnecting to read its swarm (docker.mode: auto)".into());
                     }
                     continue;
@@ -647,14 +652,8 @@ impl DockerWatcher {
             return Ok((false, "off (docker.mode: containers)".into()));
         }
         // Not knowing would drop the tasks kept from the last connection: try again later.
-        let swarm = docker
-            .info()
-            .await
-            .map_err(|e| format!("cannot ask whether the engine is a swarm manager: {e}"))?
-            .swarm
-            .unwrap_or_default();
-        let manager = swarm.control_available.unwrap_or(false);
-        let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        let (manager, state) =
+            manager_standing(docker).await.map_err(|e| format!("cannot ask whether the engine is a swarm manager: {e}"))?;
         Ok(match (manager, mode) {
             (true, _) => (true, "manager".into()),
             (false, DockerMode::Swarm) => {
@@ -865,6 +864,14 @@ pub fn connect(engine: &Engine) -> Result<Docker, String> {
         return Err(format!("unsupported Docker endpoint {endpoint:?}: use unix://, tcp:// or http://"));
     };
     result.map_err(|e| format!("cannot use Docker endpoint {endpoint}: {e}"))
+}
+
+/// Whether the engine is a swarm manager, and its node's swarm state in words (`active`,
+/// `inactive`, `pending`…; `unknown` when the engine does not say).
+async fn manager_standing(docker: &Docker) -> Result<(bool, String), bollard::errors::Error> {
+    let swarm = docker.info().await?.swarm.unwrap_or_default();
+    let state = swarm.local_node_state.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    Ok((swarm.control_available.unwrap_or(false), state))
 }
 
 /// hawser's own container, if it runs in one on this engine: its networks decide which
