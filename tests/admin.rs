@@ -41,12 +41,6 @@ fn admin_post(h: &Hawser, path: &str) -> Response {
 }
 
 /// A 200 JSON answer of the admin API.
-fn admin_json(h: &Hawser, path: &str) -> Value {
-    let r = admin_get(h, path, None);
-    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", r.body))
-}
-
 /// The `/api/containers` entry of container `name`, once it satisfies `pred` (5 s).
 fn wait_container(h: &Hawser, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;

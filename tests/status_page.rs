@@ -222,14 +222,6 @@ fn row_with<'a>(rows: &'a [Vec<Cell>], text: &str, dom: &str) -> &'a [Cell] {
 }
 
 /// `GET path` on the admin API, parsed as JSON (status must be 200).
-fn admin_json(h: &Hawser, path: &str) -> Value {
-    let r = admin_request(h.admin, "GET", path, None)
-        .unwrap_or_else(|e| panic!("GET {path} on the admin API {}: {e}", h.admin));
-    assert_eq!(r.status, 200, "GET {path} on the admin API: {}", r.body);
-    serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", r.body))
-}
-
 /// The state of backend `name` in service `service` per `/api/services`.
 fn backend_state(h: &Hawser, service: &str, name: &str) -> Option<String> {
     let services = admin_json(h, "/api/services");

@@ -20,15 +20,9 @@ use serde_json::Value;
 const HOST: &str = "swarm.test";
 const SECS_30: Duration = Duration::from_secs(30);
 
-fn json(h: &Hawser, path: &str) -> Value {
-    let r = admin_request(h.admin, "GET", path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.body))
-}
-
 /// `(container_name, state)` of the backends of `service`, sorted.
 fn backends(h: &Hawser, service: &str) -> Vec<(String, String)> {
-    service_backends(&json(h, "/api/services"), service, "state")
+    service_backends(&admin_json(h, "/api/services"), service, "state")
 }
 
 /// hawser in a container on overlay `net` (label prefix of `env`), its proxy and admin ports
@@ -62,7 +56,7 @@ fn wait_ready(h: &Hawser, service: &str, names: &[String], timeout: Duration) {
 
 /// The `/api/containers` entry named `name`.
 fn container_entry(h: &Hawser, name: &str) -> Option<Value> {
-    json(h, "/api/containers").as_array()?.iter().find(|c| c["container_name"] == name).cloned()
+    admin_json(h, "/api/containers").as_array()?.iter().find(|c| c["container_name"] == name).cloned()
 }
 
 fn wait_reason(h: &Hawser, name: &str, needle: &str) -> String {

@@ -160,12 +160,6 @@ fn on_host(env: &TestEnv, spec: ContainerSpec) -> Container {
     env.run(spec.network("host").env("BIND", "127.0.0.1").env("PORTS", &free_port().to_string()))
 }
 
-fn admin_json(h: &Hawser, path: &str) -> Value {
-    let r = admin_request(h.admin, "GET", path, None).unwrap_or_else(|e| panic!("GET {path} on the admin API: {e}"));
-    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", r.body))
-}
-
 /// The `/api/containers` entry of `c` once `pred` holds (10 s).
 fn wait_container(h: &Hawser, c: &Container, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;

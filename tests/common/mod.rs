@@ -1583,6 +1583,14 @@ pub fn admin_request(
     http(admin, method, &admin.to_string(), path, &headers, b"")
 }
 
+/// `GET path` on hawser's admin API as JSON; panics (naming the path) on a failed request, a
+/// status other than 200, or a body that is not JSON.
+pub fn admin_json(h: &Hawser, path: &str) -> serde_json::Value {
+    let r = admin_request(h.admin, "GET", path, None).unwrap_or_else(|e| panic!("GET {path} on the admin API {}: {e}", h.admin));
+    assert_eq!(r.status, 200, "GET {path} on the admin API: {}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", r.body))
+}
+
 /// The value of the series `series` (name and labels exactly as exposed, e.g.
 /// `hawser_retries_total{service="api"}`) in the metrics text `text`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
