@@ -3,7 +3,8 @@
 //! pebble's root accepts; a restart serves the stored one and orders nothing; short
 //! certificates renew on their own; a CA that is gone leaves the old certificate serving and
 //! the failure backed off, across a restart too; two hawsers sharing one storage directory
-//! order once between them, and a challenge reaching the one that did not order is answered.
+//! order once between them, wait out each other's failed orders, and a challenge reaching the
+//! one that did not order is answered.
 
 mod common;
 
@@ -368,4 +369,32 @@ fn a_challenge_is_answered_by_a_hawser_that_did_not_order() {
     // The order's answers are gone from the storage with it.
     let left: Vec<_> = std::fs::read_dir(storage.0.join("challenges")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "challenge answers left behind: {left:?}");
+}
+
+/// A failed order holds for every hawser sharing the storage: the one that ordered records
+/// its failure while it still holds the host's lock, and the other, next in line, waits for
+/// the same next attempt instead of ordering again. pebble validates on a port nobody
+/// listens on, so every order fails at the CA and is counted.
+#[test]
+fn hawsers_sharing_a_storage_wait_out_each_others_failures() {
+    let env = TestEnv::new("acme-shared-fail");
+    let _backend = app(&env);
+    let nobody = loopback();
+    let pebble = Pebble::start("shared-fail", PebbleOptions { http_port: nobody.port(), validity_secs: None });
+    let storage = TempDir::new("acme-shared-fail-storage");
+    let (http_a, https_a, http_b, https_b) = (loopback(), loopback(), loopback(), loopback());
+    let mut a = env.spawn_hawser(&config(&pebble, http_a, https_a, &storage.0), &[], &[]);
+    let mut b = env.spawn_hawser(&config(&pebble, http_b, https_b, &storage.0), &[], &[]);
+    a.addr = http_a;
+    b.addr = http_b;
+    a.wait_ready(SECS_10);
+    b.wait_ready(SECS_10);
+    // A line shows an error once its hawser's own attempt ended: failed, or deferred to the
+    // other's record; a failed order is counted before its line changes.
+    let failed = |h: &Hawser| wait_certificate(h, &pebble, APP, "a failed order", SECS_30, |c| !c["error"].is_null());
+    let (line_a, line_b) = (failed(&a), failed(&b));
+    let logs = || format!("A:\n{}\nB:\n{}", a.log(), b.log());
+    assert_eq!(orders(&a, "failed") + orders(&b, "failed"), 1.0, "one failed order between them\n{}", logs());
+    assert_eq!(line_a["next_renewal"], line_b["next_renewal"], "one back-off for both: {line_a} {line_b}\n{}", logs());
+    assert_eq!(line_a["error"], line_b["error"], "{line_a} {line_b}");
 }

@@ -174,7 +174,9 @@ enum Outcome {
     /// A certificate to serve: `ordered` by this hawser, or found in the storage, put there by
     /// another one sharing it.
     Got { cert: Certificate, origin: String, ordered: bool, save_error: Option<String> },
-    Failed(Failure),
+    /// A failure, with the next attempt when it was recorded in the storage (and why it could
+    /// not be, when that failed).
+    Failed(Failure, Option<i64>, Option<String>),
     /// Another hawser sharing the storage failed to order it, and its next attempt is still
     /// to come: this one waits for it too.
     Deferred(storage::Failures),
@@ -318,7 +320,8 @@ impl AcmeManager {
                 let current = host.current.as_ref().map(|c| c.entry.cert.chain_pem.clone());
                 let replaces = host.current.as_ref().and_then(Current::leaf).filter(|_| state.ari == Ari::Offered).cloned();
                 let (shared, name) = (Arc::clone(&shared), name.clone());
-                jobs.spawn(async move { renew(&shared, &name, current, replaces).await })
+                let failures = host.failures;
+                jobs.spawn(async move { renew(&shared, &name, current, replaces, failures).await })
             } else if let Some(leaf) = host.current.as_ref().and_then(Current::leaf).filter(|_| now >= host.ari_next && state.ari != Ari::NotOffered) {
                 let (shared, leaf) = (Arc::clone(&shared), leaf.clone());
                 jobs.spawn(async move {
@@ -422,7 +425,7 @@ impl AcmeManager {
                     Err(e) => e.to_string(),
                 };
                 error!("ACME: a task failed: {why}");
-                (id, Outcome::Failed(Failure { why: format!("internal error: {why}"), asked_ca: false }))
+                (id, Outcome::Failed(Failure { why: format!("internal error: {why}"), asked_ca: false }, None, None))
             }
         };
         let Some(name) = state.tasks.remove(&id) else { return };
@@ -457,12 +460,12 @@ impl AcmeManager {
                     );
                 }
             }
-            Outcome::Failed(failure) => {
+            Outcome::Failed(failure, recorded, record_error) => {
                 host.failures = host.failures.saturating_add(1);
-                let delay = schedule::retry_delay(host.failures, random_unit());
-                host.next_attempt = now + delay;
-                if let Some(Err(e)) = storage.map(|s| s.save_failures(&name, host.failures, host.next_attempt, &failure.why)) {
-                    warn!("ACME: {name}: the failure is not recorded for a restart: {e}");
+                host.next_attempt = recorded.unwrap_or_else(|| now + schedule::retry_delay(host.failures, random_unit()));
+                let delay = host.next_attempt - now;
+                if let Some(e) = record_error {
+                    warn!("ACME: {name}: {e}");
                 }
                 if failure.asked_ca {
                     metrics().acme_order("failed");
@@ -527,8 +530,10 @@ impl AcmeManager {
 
 /// One host's renewal (or first order), under its lock: another hawser may have stored a new
 /// certificate meanwhile, which is then taken instead of ordering.
-async fn renew(shared: &Shared, host: &str, current: Option<Vec<u8>>, replaces: Option<CertificateDer<'static>>) -> Outcome {
-    let local = |why: String| Outcome::Failed(Failure { why, asked_ca: false });
+/// `failures`: the host's failures in a row so far.
+async fn renew(shared: &Shared, host: &str, current: Option<Vec<u8>>, replaces: Option<CertificateDer<'static>>, failures: u32) -> Outcome {
+    // Not the CA's doing: neither recorded in the storage nor counted against the CA.
+    let local = |why: String| Outcome::Failed(Failure { why, asked_ca: false }, None, None);
     let path = match shared.storage.lock_path(host) {
         Ok(p) => p,
         Err(e) => return local(e),
@@ -544,9 +549,13 @@ async fn renew(shared: &Shared, host: &str, current: Option<Vec<u8>>, replaces: 
             return Outcome::Got { cert: stored.cert, origin: stored.path.display().to_string(), ordered: false, save_error: None };
         }
     }
-    // Another hawser sharing the storage failed just now: its back-off holds for all.
+    // Another hawser sharing the storage failed just now: its back-off holds for all. A
+    // record further off than the longest back-off was written by a wrong clock: ignored,
+    // and overwritten by this attempt's outcome.
+    let now = unix_now();
     if let Ok(Some(f)) = shared.storage.load_failures(host)
-        && f.next_attempt > unix_now()
+        && f.next_attempt > now
+        && f.next_attempt <= now + schedule::MAX_RETRY
     {
         return Outcome::Deferred(f);
     }
@@ -554,9 +563,19 @@ async fn renew(shared: &Shared, host: &str, current: Option<Vec<u8>>, replaces: 
     let _permit = shared.orders.acquire().await.ok();
     let ordered = shared.ca.order(&shared.storage, &shared.challenges, host, replaces.as_ref(), unix_now);
     let issued = match tokio::time::timeout(ORDER_TIMEOUT, ordered).await {
-        Err(_) => return Outcome::Failed(Failure { why: format!("no certificate within {ORDER_TIMEOUT:?}"), asked_ca: true }),
-        Ok(Err(failure)) => return Outcome::Failed(failure),
-        Ok(Ok(issued)) => issued,
+        Err(_) => Err(Failure { why: format!("no certificate within {ORDER_TIMEOUT:?}"), asked_ca: true }),
+        Ok(result) => result,
+    };
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(failure) => {
+            // Recorded while the lock is held, so that a hawser sharing the storage, next in
+            // line for the lock, sees it and waits (Outcome::Deferred) instead of ordering.
+            let failures = failures.saturating_add(1);
+            let next = unix_now() + schedule::retry_delay(failures, random_unit());
+            let recorded = shared.storage.save_failures(host, failures, next, &failure.why).map_err(|e| format!("the failure is not recorded for a restart: {e}"));
+            return Outcome::Failed(failure, Some(next), recorded.err());
+        }
     };
     match shared.storage.save(host, &issued.cert, issued.key_pem.as_bytes(), unix_now()) {
         Ok(stored) => Outcome::Got { cert: stored.cert, origin: stored.path.display().to_string(), ordered: true, save_error: None },
