@@ -119,7 +119,7 @@ pub struct RequestCtx {
     grpc_answered: Option<u16>,
     /// The hold on this attempt's backend connection: a bodyless HTTP/1.1 upgrade request
     /// (see [`crate::upstream::hold`]).
-    hold: Option<Arc<crate::upstream::hold::Hold>>,
+    hold: Option<Arc<Hold>>,
 }
 
 impl HawserProxy {
@@ -297,9 +297,11 @@ impl ProxyHttp for HawserProxy {
             peer.options.max_h2_streams = svc.proxy.h2_streams_per_connection as usize;
             peer.options.h2_ping_interval = svc.proxy.h2_ping_interval;
         }
+        // A bodyless HTTP/1.1 upgrade (pingora's own predicate) to a backend spoken to in
+        // HTTP/1.1 gets a held connection; checked in the order that costs least.
         let downstream = session.as_downstream_mut();
-        ctx.hold = Hold::needed(downstream.is_upgrade_req(), downstream.is_body_empty(), !upstream.scheme.is_h2())
-            .then(|| Hold::peer(&mut peer, svc.proxy.connect_timeout));
+        let held = downstream.is_upgrade_req() && !upstream.scheme.is_h2() && downstream.is_body_empty();
+        ctx.hold = held.then(|| Hold::peer(&mut peer, svc.proxy.connect_timeout));
         Ok(Box::new(peer))
     }
 

@@ -81,12 +81,6 @@ impl fmt::Debug for Hold {
 }
 
 impl Hold {
-    /// Whether a request needs a hold: HTTP/1.1 upgrade requests without a body, to a
-    /// backend spoken to in HTTP/1.1 (pingora decides the upgrade; its predicate is asked).
-    pub fn needed(upgrade_request: bool, body_empty: bool, backend_h1: bool) -> bool {
-        upgrade_request && body_empty && backend_h1
-    }
-
     /// Turns `peer` into one whose connection is dialled fresh and held by a new hold,
     /// returned. `connect_timeout` bounds the TCP connect (pingora's own timeout does not
     /// cover a custom connector).
@@ -280,13 +274,5 @@ mod tests {
         assert_ne!(plain.reuse_hash(), held.reuse_hash());
         assert_eq!(held.options.idle_timeout, Some(Duration::ZERO));
         assert!(held.options.custom_l4.is_some());
-    }
-
-    #[test]
-    fn only_bodyless_http1_upgrades_are_held() {
-        assert!(Hold::needed(true, true, true));
-        assert!(!Hold::needed(false, true, true));
-        assert!(!Hold::needed(true, false, true));
-        assert!(!Hold::needed(true, true, false));
     }
 }
