@@ -256,6 +256,19 @@ fn short_certificates_renew_on_their_own_and_a_dead_ca_backs_off() {
     assert_eq!(orders(&h, "failed"), 0.0, "ordered at once after the restart\nhawser log:\n{}", h.log());
 }
 
+/// Two hawsers on one storage, cleartext on `http_a` and `http_b`, started at once (so both
+/// want the certificate at once): A, B and their TLS addresses.
+fn two_sharing(env: &TestEnv, pebble: &Pebble, storage: &Path, http_a: SocketAddr, http_b: SocketAddr) -> (Hawser, Hawser, SocketAddr, SocketAddr) {
+    let (https_a, https_b) = (loopback(), loopback());
+    let mut a = env.spawn_hawser(&config(pebble, http_a, https_a, storage), &[], &[]);
+    let mut b = env.spawn_hawser(&config(pebble, http_b, https_b, storage), &[], &[]);
+    a.addr = http_a;
+    b.addr = http_b;
+    a.wait_ready(SECS_10);
+    b.wait_ready(SECS_10);
+    (a, b, https_a, https_b)
+}
+
 /// Answers pebble's HTTP-01 requests from whichever hawser has the token: the two hawsers of
 /// the shared-storage test listen on two ports, pebble validates on one.
 struct Relay {
@@ -319,15 +332,9 @@ fn two_hawsers_sharing_a_storage_directory_order_once() {
     let relay = TcpListener::bind("127.0.0.1:0").unwrap();
     let pebble = Pebble::start("shared", PebbleOptions { http_port: relay.local_addr().unwrap().port(), validity_secs: None });
     let storage = TempDir::new("acme-shared-storage");
-    let (http_a, https_a, http_b, https_b) = (loopback(), loopback(), loopback(), loopback());
+    let (http_a, http_b) = (loopback(), loopback());
     let _relay = Relay::start(relay, vec![http_a, http_b]);
-    // Both start at once and both want the certificate at once.
-    let mut a = env.spawn_hawser(&config(&pebble, http_a, https_a, &storage.0), &[], &[]);
-    let mut b = env.spawn_hawser(&config(&pebble, http_b, https_b, &storage.0), &[], &[]);
-    a.addr = http_a;
-    b.addr = http_b;
-    a.wait_ready(SECS_10);
-    b.wait_ready(SECS_10);
+    let (a, b, https_a, https_b) = two_sharing(&env, &pebble, &storage.0, http_a, http_b);
     let from_a = wait_certificate(&a, &pebble, APP, "a certificate", SECS_30, |c| c["source"] == "acme");
     let from_b = wait_certificate(&b, &pebble, APP, "a certificate", SECS_30, |c| c["source"] == "acme");
     assert_eq!(from_a["not_after"], from_b["not_after"], "the same certificate: {from_a} {from_b}");
@@ -382,13 +389,7 @@ fn hawsers_sharing_a_storage_wait_out_each_others_failures() {
     let nobody = loopback();
     let pebble = Pebble::start("shared-fail", PebbleOptions { http_port: nobody.port(), validity_secs: None });
     let storage = TempDir::new("acme-shared-fail-storage");
-    let (http_a, https_a, http_b, https_b) = (loopback(), loopback(), loopback(), loopback());
-    let mut a = env.spawn_hawser(&config(&pebble, http_a, https_a, &storage.0), &[], &[]);
-    let mut b = env.spawn_hawser(&config(&pebble, http_b, https_b, &storage.0), &[], &[]);
-    a.addr = http_a;
-    b.addr = http_b;
-    a.wait_ready(SECS_10);
-    b.wait_ready(SECS_10);
+    let (a, b, _, _) = two_sharing(&env, &pebble, &storage.0, loopback(), loopback());
     // A line shows an error once its hawser's own attempt ended: failed, or deferred to the
     // other's record; a failed order is counted before its line changes.
     let failed = |h: &Hawser| wait_certificate(h, &pebble, APP, "a failed order", SECS_30, |c| !c["error"].is_null());
