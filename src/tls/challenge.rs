@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -97,12 +97,8 @@ impl Challenges {
     pub fn insert(&self, token: &str, key_authorization: &str) {
         self.answers.write().expect("challenge answers").insert(token.to_string(), key_authorization.to_string());
         let Some(dir) = self.shared.as_ref().filter(|_| is_base64url(token)) else { return };
-        let written = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-            .and_then(|()| crate::tls::acme::storage::write_atomic(&dir.join(token), key_authorization.as_bytes()));
+        use crate::tls::acme::storage::{make_private_dir, write_atomic};
+        let written = make_private_dir(dir).and_then(|()| write_atomic(&dir.join(token), key_authorization.as_bytes()));
         if let Err(e) = written {
             log::warn!("ACME: {e}; only this hawser can answer the challenge");
         }

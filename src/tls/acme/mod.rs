@@ -384,7 +384,7 @@ impl AcmeManager {
                     }
                     return;
                 }
-                self.follow(name, host, f, now, "before this start", shared.storage.failures_path(name).ok());
+                self.follow(name, host, f, now, "before this start", Some(&shared.storage));
             }
             Ok(None) => {}
             Err(e) => warn!("ACME: {name}: the record of earlier failures cannot be read ({e}); ignored"),
@@ -395,10 +395,12 @@ impl AcmeManager {
     /// or by another one sharing the storage): its count, its error and its next attempt,
     /// never more than [`schedule::MAX_RETRY`] away (a clock that was wrong cannot stop
     /// renewals for longer).
-    fn follow(&self, name: &str, host: &mut Host, f: storage::Failures, now: i64, when: &str, file: Option<std::path::PathBuf>) {
+    fn follow(&self, name: &str, host: &mut Host, f: storage::Failures, now: i64, when: &str, storage: Option<&Storage>) {
         host.failures = f.failures;
         host.next_attempt = host.next_attempt.max(f.next_attempt.min(now + schedule::MAX_RETRY));
-        let file = file.map_or_else(String::new, |f| format!(" (delete {} and restart to try at once)", f.display()));
+        let file = storage
+            .and_then(|s| s.failures_path(name).ok())
+            .map_or_else(String::new, |f| format!(" (delete {} and restart to try at once)", f.display()));
         info!(
             "ACME: {name}: {} failed order(s) in a row {when} (last: {}); next attempt at {}{file}",
             f.failures,
@@ -482,10 +484,7 @@ impl AcmeManager {
                 );
                 host.error = Some(failure.why);
             }
-            Outcome::Deferred(f) => {
-                let file = storage.and_then(|s| s.failures_path(&name).ok());
-                self.follow(&name, host, f, now, "by another hawser sharing the storage", file);
-            }
+            Outcome::Deferred(f) => self.follow(&name, host, f, now, "by another hawser sharing the storage", storage),
             Outcome::Window(Some((window, retry))) => {
                 state.ari = Ari::Offered;
                 host.window = Some(window);

@@ -38,6 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::tls::pem::{self, Certificate};
 
+/// A host's run of failed orders, in its directory.
+const FAILURES_FILE: &str = "failures.json";
 /// Larger JSON files than this are not read (ours are a few hundred bytes).
 const MAX_JSON_BYTES: u64 = 64 * 1024;
 
@@ -212,7 +214,7 @@ impl Storage {
         if !storable_name(host) {
             return Err(format!("{host:?} cannot be a file name in the ACME storage"));
         }
-        Ok(self.root.join("certificates").join(host).join("failures.json"))
+        Ok(self.root.join("certificates").join(host).join(FAILURES_FILE))
     }
 
     /// The run of failed orders stored for `host` with the configured CA; `Ok(None)` when
@@ -231,7 +233,7 @@ impl Storage {
         let dir = self.host_dir(host)?;
         let f = Failures { directory: self.directory.clone(), failures, next_attempt, error: error.to_string() };
         let json = serde_json::to_vec_pretty(&f).map_err(|e| e.to_string())?;
-        write_atomic(&dir.join("failures.json"), &json)
+        write_atomic(&dir.join(FAILURES_FILE), &json)
     }
 
     /// Forgets the run of failed orders for `host` (a certificate was issued or found).
@@ -304,7 +306,8 @@ pub fn issuer_key(directory: &str) -> String {
     out
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), String> {
+/// Creates `dir` (and missing parents) with mode 0700, or checks that it is a directory.
+pub(crate) fn make_private_dir(dir: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
